@@ -1,0 +1,240 @@
+//! HTTP and timers through the host, as futures.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use prost::Message;
+
+use crate::runtime::lock;
+use crate::{Code, Ctx, PluginError, abi, proto};
+
+/// An HTTP request for the host to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest(proto::HttpRequest);
+
+impl HttpRequest {
+    /// A request with any method.
+    pub fn new(method: &str, url: impl Into<String>) -> Self {
+        HttpRequest(proto::HttpRequest { method: method.to_owned(), url: url.into(), ..Default::default() })
+    }
+
+    /// A GET request.
+    pub fn get(url: impl Into<String>) -> Self {
+        Self::new("GET", url)
+    }
+
+    /// A POST request.
+    pub fn post(url: impl Into<String>) -> Self {
+        Self::new("POST", url)
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        self.0.headers.push(proto::Header { name: name.to_owned(), value: value.as_ref().to_vec() });
+        self
+    }
+
+    /// Adds `Authorization: Bearer <token>`.
+    pub fn bearer(self, token: &str) -> Self {
+        self.header("authorization", format!("Bearer {token}"))
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.0.body = body.into();
+        self
+    }
+
+    /// Sets a JSON body and its content type.
+    pub fn json<T: serde::Serialize>(self, value: &T) -> Result<Self, PluginError> {
+        let body = serde_json::to_vec(value)
+            .map_err(|err| PluginError::internal(format!("cannot encode request body as json: {err}")))?;
+        Ok(self.header("content-type", "application/json").body(body))
+    }
+
+    /// Bounds how long the host waits for the answer (never past the call's
+    /// deadline).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.0.timeout_millis = timeout.as_millis().try_into().unwrap_or(u32::MAX);
+        self
+    }
+
+    /// The method.
+    pub fn method(&self) -> &str {
+        &self.0.method
+    }
+
+    /// The URL.
+    pub fn url(&self) -> &str {
+        &self.0.url
+    }
+
+    /// The first value of header `name` (case-insensitive), if UTF-8.
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        find_header(&self.0.headers, name)
+    }
+
+    /// The body.
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.0.body
+    }
+
+    /// The wire form.
+    pub fn into_proto(self) -> proto::HttpRequest {
+        self.0
+    }
+
+    /// From the wire form.
+    pub fn from_proto(request: proto::HttpRequest) -> Self {
+        HttpRequest(request)
+    }
+}
+
+/// The store's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpResponse(proto::HttpResponse);
+
+impl HttpResponse {
+    /// A response, for tests and emulators.
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        HttpResponse(proto::HttpResponse { status: u32::from(status), headers: Vec::new(), body: body.into() })
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        self.0.headers.push(proto::Header { name: name.to_owned(), value: value.as_ref().to_vec() });
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        u16::try_from(self.0.status).unwrap_or(0)
+    }
+
+    /// The first value of header `name` (case-insensitive), if UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.0.headers, name)
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        &self.0.body
+    }
+
+    /// The body parsed as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, PluginError> {
+        serde_json::from_slice(&self.0.body).map_err(|err| {
+            PluginError::internal(format!("store answered http {} with malformed json: {err}", self.status()))
+                .with_http_status(self.status())
+        })
+    }
+
+    /// The wire form.
+    pub fn into_proto(self) -> proto::HttpResponse {
+        self.0
+    }
+
+    /// From the wire form.
+    pub fn from_proto(response: proto::HttpResponse) -> Self {
+        HttpResponse(response)
+    }
+}
+
+fn find_header<'a>(headers: &'a [proto::Header], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|header| header.name.eq_ignore_ascii_case(name))
+        .and_then(|header| std::str::from_utf8(&header.value).ok())
+}
+
+/// A value delivered by a host callback, awaited by the plugin's future.
+struct Slot<T> {
+    value: Option<T>,
+    waker: Option<Waker>,
+}
+
+struct Delivery<T>(Arc<Mutex<Slot<T>>>);
+
+impl<T> Future for Delivery<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut slot = lock(&self.0);
+        match slot.value.take() {
+            Some(value) => Poll::Ready(value),
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+fn deliver<T>(slot: &Mutex<Slot<T>>, value: T) {
+    let waker = {
+        let mut slot = lock(slot);
+        slot.value = Some(value);
+        slot.waker.take()
+    };
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+fn new_slot<T>() -> Arc<Mutex<Slot<T>>> {
+    Arc::new(Mutex::new(Slot { value: None, waker: None }))
+}
+
+pub(crate) async fn send(cx: Ctx, request: HttpRequest) -> Result<HttpResponse, PluginError> {
+    let encoded = request.0.encode_to_vec();
+    let slot = new_slot::<Result<HttpResponse, PluginError>>();
+    let sink = slot.clone();
+    let accepted = cx.host.http_send(
+        cx.call_id,
+        &encoded,
+        Box::new(move |status, body| {
+            let result = if status == abi::status::OK {
+                proto::HttpResponse::decode(body)
+                    .map(HttpResponse)
+                    .map_err(|err| PluginError::internal(format!("host sent a malformed http response: {err}")))
+            } else {
+                Err(host_error(status, &format!("http request to {} failed", request.0.url)))
+            };
+            deliver(&sink, result);
+        }),
+    );
+    if accepted != abi::status::OK {
+        return Err(host_error(accepted, "the host refused the http request"));
+    }
+    Delivery(slot).await
+}
+
+pub(crate) async fn sleep(cx: Ctx, delay: Duration) -> Result<(), PluginError> {
+    let slot = new_slot::<abi::Status>();
+    let sink = slot.clone();
+    let millis = delay.as_millis().try_into().unwrap_or(u64::MAX);
+    let accepted = cx.host.timer_start(cx.call_id, millis, Box::new(move |status| deliver(&sink, status)));
+    if accepted != abi::status::OK {
+        return Err(host_error(accepted, "the host refused the timer"));
+    }
+    match Delivery(slot).await {
+        abi::status::OK => Ok(()),
+        status => Err(host_error(status, "timer failed")),
+    }
+}
+
+fn host_error(status: abi::Status, context: &str) -> PluginError {
+    let code = Code::from_status(status);
+    let (detail, reason) = match code {
+        Code::PermissionDenied => ("origin not allowed for this store", "ORIGIN_NOT_ALLOWED"),
+        Code::DeadlineExceeded => ("deadline exceeded", "UPSTREAM_TIMEOUT"),
+        Code::Cancelled => ("cancelled", "CANCELLED"),
+        Code::Unavailable => ("store unreachable", "UPSTREAM_UNREACHABLE"),
+        Code::InvalidArgument => ("malformed request", "MALFORMED_HTTP_REQUEST"),
+        _ => ("host error", "HOST_ERROR"),
+    };
+    PluginError::new(code, format!("{context}: {detail}")).with_reason(reason)
+}
