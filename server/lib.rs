@@ -1,1 +1,54 @@
-//! iapd
+//! iapd: a gRPC service that verifies in-app purchases for any app store.
+//!
+//! Each store is served by a plugin, a dynamic library loaded through the C
+//! ABI of `sdk-plugin`. Start reading at [`serve`]; the code map is in
+//! ARCHITECTURE.md.
+
+pub mod config;
+mod convert;
+pub mod error;
+pub mod host;
+mod layers;
+mod service;
+mod validate;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use service::{PurchaseApi, store_health_name};
+
+/// The public API's generated code.
+#[allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("iapd.v1");
+
+    /// The encoded file descriptor set of the API, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("iapd_descriptor");
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops taking
+/// new calls and waits for the ones in flight.
+pub async fn serve(
+    listener: TcpListener,
+    config: config::Config,
+    host: Arc<host::PluginHost>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    service::run(listener, config, host, shutdown).await
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC transport failed.
+    #[error("grpc transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the descriptor set.
+    #[error("cannot build server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The listener's address could not be read.
+    #[error("cannot read the listener's address: {0}")]
+    Listener(#[from] std::io::Error),
+}

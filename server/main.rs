@@ -1,1 +1,147 @@
-fn main() {}
+//! The `iapd` command: `serve`, `check-config`, `plugins`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use iapd::config::{Config, Sources};
+use iapd::host::{self, PluginHost};
+
+#[derive(Debug, Parser)]
+#[command(name = "iapd", version, about = "Verifies in-app purchases for any app store, through store plugins.")]
+struct Cli {
+    /// The configuration file; the embedded defaults (the sandbox store) when
+    /// not given.
+    #[arg(long, global = true, env = "IAPD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the gRPC server.
+    Serve {
+        /// The address to listen on (overrides server.listen).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Checks the configuration and every plugin it names, then exits.
+    CheckConfig,
+    /// Lists each configured plugin: ABI version, capabilities, path.
+    Plugins,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = Config::load(&Sources { file: cli.config.clone() }).context("invalid configuration")?;
+    match cli.command {
+        Command::Serve { listen } => serve(config, listen),
+        Command::CheckConfig => check_config(&config),
+        Command::Plugins => list_plugins(&config),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IAPD_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn serve(config: Config, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    runtime()?.block_on(async move {
+        let address = listen.unwrap_or(config.listen);
+        let host = Arc::new(PluginHost::start(&config).await.context("cannot start the stores")?);
+        let listener =
+            tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+        let grace = config.shutdown_grace;
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown_signal().await;
+            let _ = stopping_tx.send(());
+        };
+        let drained_or_grace = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = iapd::serve(listener, config, host, shutdown) => served.context("server failed"),
+            () = drained_or_grace => {
+                tracing::warn!("shutdown grace period elapsed with calls still in flight; exiting");
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    for (id, store) in &config.stores {
+        let meta = host::inspect(&store.plugin_path).with_context(|| format!("store `{id}`"))?;
+        println!("store `{id}`: ok ({} {})", meta.descriptor.name.unwrap_or_default(), meta.descriptor.version);
+    }
+    println!("configuration ok: {} store(s), listening on {}", config.stores.len(), config.listen);
+    Ok(())
+}
+
+fn list_plugins(config: &Config) -> anyhow::Result<()> {
+    let mut failed = false;
+    for (id, store) in &config.stores {
+        match host::inspect(&store.plugin_path) {
+            Ok(meta) => {
+                let d = &meta.descriptor;
+                println!("{id}");
+                println!("  plugin:       {} {}", d.name.as_deref().unwrap_or("?"), d.version);
+                println!("  abi:          {}.{} (needs host >= {}.{})", d.abi_major, d.abi_minor, d.abi_major, d.min_host_minor);
+                println!("  capabilities: {}", capability_names(d.capabilities).join(", "));
+                println!("  proofs:       {}", meta.info.proof_kinds.join(", "));
+                println!("  build:        {}", d.build_info);
+                println!("  path:         {}", meta.path.display());
+            }
+            Err(err) => {
+                failed = true;
+                println!("{id}\n  refused: {err}");
+            }
+        }
+    }
+    anyhow::ensure!(!failed, "some plugins were refused");
+    Ok(())
+}
+
+fn capability_names(bits: u64) -> Vec<&'static str> {
+    use iapd_sdk_plugin::abi::*;
+    [(CAP_VERIFY, "verify"), (CAP_ACKNOWLEDGE, "acknowledge"), (CAP_CONSUME, "consume"), (CAP_LIST_ITEMS, "list_items")]
+        .into_iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(_, name)| name)
+        .collect()
+}

@@ -100,7 +100,7 @@ fn parse_outcome(token: &str) -> Result<Outcome, PluginError> {
         "invalid" => Outcome::Invalid,
         "notfound" => Outcome::NotFound,
         "owned" => match rest.strip_prefix("by-") {
-            Some(rest) if !rest.is_empty() => Outcome::OwnedBy(first_part(rest)),
+            Some(rest) if !first_part(rest).is_empty() => Outcome::OwnedBy(first_part(rest)),
             _ => return Err(bad_token(token, "`owned-by-<account>-…` needs an account")),
         },
         "slow" => match first_part(rest).parse() {
@@ -365,7 +365,7 @@ impl Store for Sandbox {
                 active: entry.active,
             })
             .collect();
-        let next = offset + page_size;
+        let next = offset.saturating_add(page_size);
         let next_page_token = if next < matching.len() { next.to_string() } else { String::new() };
         Ok(proto::ListItemsResponse { items, next_page_token })
     }

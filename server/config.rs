@@ -1,0 +1,350 @@
+//! Configuration: one TOML file (or the embedded defaults) plus `IAPD_*`
+//! environment overrides (`IAPD_SERVER__LISTEN=0.0.0.0:50051` sets
+//! `server.listen`). Loading has two stages: a raw serde form that refuses
+//! unknown keys, then validation into [`Config`], which resolves plugin paths
+//! and secrets. Every error names the key and the reason.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// The embedded defaults.
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// A configuration problem: the key and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {reason}")]
+pub struct ConfigError {
+    /// The dotted key, such as `stores.sandbox.plugin`.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError { key: key.into(), reason: reason.into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    plugins: RawPlugins,
+    #[serde(default)]
+    stores: BTreeMap<String, RawStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: SocketAddr,
+    max_concurrent_requests: usize,
+    default_timeout_ms: u64,
+    max_timeout_ms: u64,
+    max_message_bytes: usize,
+    shutdown_grace_ms: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_concurrent_requests: 4096,
+            default_timeout_ms: 30_000,
+            max_timeout_ms: 120_000,
+            max_message_bytes: 2 * 1024 * 1024,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPlugins {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    plugin: String,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: usize,
+    #[serde(default = "default_http_timeout_ms")]
+    http_timeout_ms: u64,
+    #[serde(default)]
+    config: Option<serde_json::Value>,
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretSource>,
+}
+
+fn default_max_in_flight() -> usize {
+    10_000
+}
+
+fn default_http_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Where a secret's value comes from. Values never appear in logs or errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum SecretSource {
+    /// An environment variable's value.
+    Env(String),
+    /// A file's contents.
+    File(PathBuf),
+    /// The value itself (for local development only).
+    Value(String),
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the server listens.
+    pub listen: SocketAddr,
+    /// RPCs in flight at once, across stores; more are shed.
+    pub max_concurrent_requests: usize,
+    /// The deadline of a call whose client set none.
+    pub default_timeout: Duration,
+    /// The longest deadline honoured.
+    pub max_timeout: Duration,
+    /// The largest request accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// How long shutdown waits for calls in flight.
+    pub shutdown_grace: Duration,
+    /// The folder plugins load from.
+    pub plugins_dir: PathBuf,
+    /// The stores, by id.
+    pub stores: BTreeMap<String, StoreConfig>,
+}
+
+/// One configured store.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// The plugin file, inside the plugins folder.
+    pub plugin_path: PathBuf,
+    /// Origins the plugin may call besides those it declares.
+    pub allowed_origins: Vec<Origin>,
+    /// Calls in flight at once for this store; more are refused.
+    pub max_in_flight: usize,
+    /// The HTTP timeout when the plugin sets none.
+    pub http_timeout: Duration,
+    /// The plugin's own settings, as JSON.
+    pub config_json: String,
+    /// Resolved secret values by name.
+    pub secrets: BTreeMap<String, Vec<u8>>,
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("plugin_path", &self.plugin_path)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("http_timeout", &self.http_timeout)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A scheme, host and port an HTTP request may go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Lowercase host name or IP address.
+    pub host: String,
+    /// The port, the scheme's default when not written.
+    pub port: u16,
+}
+
+impl Origin {
+    /// Parses `scheme://host[:port]` (no path).
+    pub fn parse(text: &str) -> Result<Origin, String> {
+        let url = reqwest::Url::parse(text).map_err(|err| format!("`{text}` is not an origin: {err}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("`{text}`: only http and https origins are allowed"));
+        }
+        if !(url.path() == "/" || url.path().is_empty()) || url.query().is_some() || !url.username().is_empty() {
+            return Err(format!("`{text}`: an origin is scheme://host[:port] with no path, query or user"));
+        }
+        Origin::of(&url).ok_or_else(|| format!("`{text}` has no host"))
+    }
+
+    /// The origin of a URL.
+    pub fn of(url: &reqwest::Url) -> Option<Origin> {
+        Some(Origin {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str()?.to_ascii_lowercase(),
+            port: url.port_or_known_default()?,
+        })
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// Where configuration comes from, besides `IAPD_*` environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// A TOML file; the embedded defaults when `None`.
+    pub file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads and validates the configuration.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let base = match &sources.file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|err| ConfigError::new("--config", format!("cannot read `{}`: {err}", path.display())))?;
+                Toml::string(&text)
+            }
+            None => Toml::string(DEFAULTS),
+        };
+        // IAPD_CONFIG and IAPD_LOG belong to the command line, not to the
+        // configuration tree.
+        let env = Env::prefixed("IAPD_").filter(|key| key != "config" && key != "log").split("__");
+        let figment = Figment::from(base).merge(env);
+        let raw: RawConfig = figment.extract().map_err(figment_error)?;
+        Config::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let server = raw.server;
+        if server.max_concurrent_requests == 0 {
+            return Err(ConfigError::new("server.max_concurrent_requests", "must be at least 1"));
+        }
+        if server.default_timeout_ms == 0 || server.default_timeout_ms > server.max_timeout_ms {
+            return Err(ConfigError::new(
+                "server.default_timeout_ms",
+                format!("must be between 1 and server.max_timeout_ms ({})", server.max_timeout_ms),
+            ));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&server.max_message_bytes) {
+            return Err(ConfigError::new("server.max_message_bytes", "must be between 1 KiB and 64 MiB"));
+        }
+        let plugins_dir = match raw.plugins.dir {
+            Some(dir) => dir,
+            None => default_plugins_dir().map_err(|reason| ConfigError::new("plugins.dir", reason))?,
+        };
+        let plugins_dir = plugins_dir.canonicalize().map_err(|err| {
+            ConfigError::new("plugins.dir", format!("folder `{}` cannot be used: {err}", plugins_dir.display()))
+        })?;
+        if raw.stores.is_empty() {
+            return Err(ConfigError::new("stores", "no store is configured"));
+        }
+        let mut stores = BTreeMap::new();
+        for (id, store) in raw.stores {
+            let key = format!("stores.{id}");
+            if !valid_store_id(&id) {
+                return Err(ConfigError::new(key, "a store id is 1-64 of [a-z0-9_-], starting with a letter or digit"));
+            }
+            stores.insert(id, validate_store(&key, store, &plugins_dir)?);
+        }
+        Ok(Config {
+            listen: server.listen,
+            max_concurrent_requests: server.max_concurrent_requests,
+            default_timeout: Duration::from_millis(server.default_timeout_ms),
+            max_timeout: Duration::from_millis(server.max_timeout_ms),
+            max_message_bytes: server.max_message_bytes,
+            shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
+            plugins_dir,
+            stores,
+        })
+    }
+}
+
+fn validate_store(key: &str, store: RawStore, plugins_dir: &Path) -> Result<StoreConfig, ConfigError> {
+    let plugin_path = resolve_plugin(plugins_dir, &store.plugin).map_err(|reason| ConfigError::new(format!("{key}.plugin"), reason))?;
+    let allowed_origins = store
+        .allowed_origins
+        .iter()
+        .enumerate()
+        .map(|(index, text)| Origin::parse(text).map_err(|reason| ConfigError::new(format!("{key}.allowed_origins[{index}]"), reason)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if store.max_in_flight == 0 {
+        return Err(ConfigError::new(format!("{key}.max_in_flight"), "must be at least 1"));
+    }
+    if store.http_timeout_ms == 0 {
+        return Err(ConfigError::new(format!("{key}.http_timeout_ms"), "must be at least 1"));
+    }
+    let mut secrets = BTreeMap::new();
+    for (name, source) in store.secrets {
+        let secret_key = format!("{key}.secrets.{name}");
+        let value = match source {
+            SecretSource::Env(var) => std::env::var_os(&var)
+                .map(|value| value.into_encoded_bytes())
+                .ok_or_else(|| ConfigError::new(&secret_key, format!("environment variable `{var}` is not set")))?,
+            SecretSource::File(path) => std::fs::read(&path)
+                .map_err(|err| ConfigError::new(&secret_key, format!("cannot read `{}`: {err}", path.display())))?,
+            SecretSource::Value(value) => value.into_bytes(),
+        };
+        secrets.insert(name, value);
+    }
+    Ok(StoreConfig {
+        plugin_path,
+        allowed_origins,
+        max_in_flight: store.max_in_flight,
+        http_timeout: Duration::from_millis(store.http_timeout_ms),
+        config_json: store.config.map(|value| value.to_string()).unwrap_or_default(),
+        secrets,
+    })
+}
+
+/// Resolves a plugin name to a file that must be inside `dir`: a bare name
+/// gets the platform's library prefix and suffix (`libX.so`).
+pub fn resolve_plugin(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(format!("`{name}` must be a file name inside the plugins folder `{}`", dir.display()));
+    }
+    let file = if Path::new(name).extension().is_some() {
+        PathBuf::from(name)
+    } else {
+        PathBuf::from(libloading::library_filename(name))
+    };
+    let path = dir.join(&file);
+    let real = path.canonicalize().map_err(|err| format!("plugin file `{}` cannot be used: {err}", path.display()))?;
+    if real.parent() != Some(dir) {
+        return Err(format!("plugin file `{}` resolves outside the plugins folder `{}`", path.display(), dir.display()));
+    }
+    if !real.is_file() {
+        return Err(format!("plugin path `{}` is not a file", path.display()));
+    }
+    Ok(real)
+}
+
+fn default_plugins_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|err| format!("not set, and the executable's folder is unknown: {err}"))?;
+    exe.parent().map(Path::to_path_buf).ok_or_else(|| "not set, and the executable has no folder".to_owned())
+}
+
+fn valid_store_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+}
+
+fn figment_error(err: figment::Error) -> ConfigError {
+    let key = if err.path.is_empty() { "(top level)".to_owned() } else { err.path.join(".") };
+    let source = err.metadata.as_ref().map(|meta| format!(" (from {})", meta.name)).unwrap_or_default();
+    ConfigError::new(key, format!("{}{source}", err.kind))
+}

@@ -1,0 +1,156 @@
+//! The one place where domain errors become gRPC statuses. Every status
+//! carries `google.rpc.ErrorInfo` (domain "iapd" for the server's own errors,
+//! the store id for a store's), plus `BadRequest` for invalid fields and
+//! `RetryInfo` where waiting and retrying can succeed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::host::CallError;
+
+/// `ErrorInfo.domain` of errors raised by the server itself.
+pub const DOMAIN: &str = "iapd";
+
+/// Why an RPC could not decide.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiError {
+    /// A request field is missing, too long or malformed.
+    InvalidArgument {
+        /// The field's path, such as `proof.purchase_token`.
+        field: String,
+        /// What is wrong.
+        description: String,
+    },
+    /// No store has this id.
+    UnknownStore {
+        /// The id asked for.
+        store: String,
+        /// The ids served.
+        known: Vec<String>,
+    },
+    /// The store's plugin does not offer the operation.
+    Unsupported {
+        /// The store id.
+        store: String,
+        /// The operation, such as "Acknowledge".
+        operation: &'static str,
+    },
+    /// The plugin call produced no answer.
+    Plugin {
+        /// The store id.
+        store: String,
+        /// What happened.
+        error: CallError,
+    },
+    /// The plugin answered with something that does not decode.
+    MalformedAnswer {
+        /// The store id.
+        store: String,
+        /// The decoder's message.
+        detail: String,
+    },
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        match error {
+            ApiError::InvalidArgument { field, description } => {
+                let mut details = ErrorDetails::with_bad_request_violation(&field, &description);
+                details.set_error_info("INVALID_ARGUMENT", DOMAIN, HashMap::from([("field".to_owned(), field.clone())]));
+                Status::with_error_details(Code::InvalidArgument, format!("{field}: {description}"), details)
+            }
+            ApiError::UnknownStore { store, known } => {
+                let details = ErrorDetails::with_error_info(
+                    "UNKNOWN_STORE",
+                    DOMAIN,
+                    HashMap::from([("store".to_owned(), store.clone()), ("loaded_stores".to_owned(), known.join(","))]),
+                );
+                Status::with_error_details(
+                    Code::NotFound,
+                    format!("store `{store}` is not served here; loaded stores: {}", known.join(", ")),
+                    details,
+                )
+            }
+            ApiError::Unsupported { store, operation } => {
+                let details = ErrorDetails::with_error_info(
+                    "OPERATION_NOT_SUPPORTED",
+                    DOMAIN,
+                    HashMap::from([("store".to_owned(), store.clone()), ("operation".to_owned(), operation.to_owned())]),
+                );
+                Status::with_error_details(
+                    Code::Unimplemented,
+                    format!("store `{store}` does not support {operation} (see ListStores for its capabilities)"),
+                    details,
+                )
+            }
+            ApiError::Plugin { store, error } => plugin_status(store, error),
+            ApiError::MalformedAnswer { store, detail } => {
+                tracing::error!(store, detail, "plugin answered with a malformed message");
+                let details = ErrorDetails::with_error_info("MALFORMED_PLUGIN_ANSWER", DOMAIN, store_metadata(&store));
+                Status::with_error_details(Code::Internal, format!("store `{store}` answered with a malformed message"), details)
+            }
+        }
+    }
+}
+
+fn plugin_status(store: String, error: CallError) -> Status {
+    match error {
+        CallError::Refused { status } => {
+            let code = code_of(status);
+            let details = ErrorDetails::with_error_info("PLUGIN_REFUSED_CALL", DOMAIN, store_metadata(&store));
+            Status::with_error_details(code, format!("store `{store}` refused the call (status {status})"), details)
+        }
+        CallError::Failed { status, error } => {
+            let code = code_of(status);
+            let reason = if error.reason.is_empty() { format!("{code:?}").to_uppercase() } else { error.reason };
+            let mut metadata: HashMap<String, String> = error.metadata.into_iter().collect();
+            if error.upstream_http_status != 0 {
+                metadata.insert("upstream_http_status".to_owned(), error.upstream_http_status.to_string());
+            }
+            let mut details = ErrorDetails::with_error_info(reason, store.clone(), metadata);
+            if error.retryable {
+                let delay = (error.retry_after_millis > 0).then(|| Duration::from_millis(error.retry_after_millis));
+                details.set_retry_info(delay);
+            }
+            Status::with_error_details(code, format!("store `{store}`: {}", error.message), details)
+        }
+        CallError::DeadlineExceeded => {
+            let details = ErrorDetails::with_error_info("DEADLINE_EXCEEDED", DOMAIN, store_metadata(&store));
+            Status::with_error_details(
+                Code::DeadlineExceeded,
+                format!("store `{store}` did not answer before the deadline"),
+                details,
+            )
+        }
+        CallError::Overloaded { limit } => {
+            let mut details = ErrorDetails::with_error_info("STORE_OVERLOADED", DOMAIN, store_metadata(&store));
+            details.set_retry_info(Some(Duration::from_secs(1)));
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                format!("store `{store}` has {limit} calls in flight, its limit"),
+                details,
+            )
+        }
+        CallError::Internal(detail) => {
+            tracing::error!(store, detail, "plugin call failed inside the host");
+            let details = ErrorDetails::with_error_info("HOST_ERROR", DOMAIN, store_metadata(&store));
+            Status::with_error_details(Code::Internal, format!("store `{store}`: internal error in the host"), details)
+        }
+    }
+}
+
+fn store_metadata(store: &str) -> HashMap<String, String> {
+    HashMap::from([("store".to_owned(), store.to_owned())])
+}
+
+/// The gRPC code for an ABI status; OK (which is no error) and unknown
+/// values become UNKNOWN.
+pub fn code_of(status: i32) -> Code {
+    match Code::from_i32(status) {
+        Code::Ok => Code::Unknown,
+        code => code,
+    }
+}

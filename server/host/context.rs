@@ -1,0 +1,255 @@
+//! What the host does for a plugin instance: the call registry, HTTP with the
+//! origin allowlist, timers, logging with secret redaction, secrets. Reached
+//! from the `extern "C"` callbacks in `ffi`; all safe code.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use iapd_sdk_plugin::abi::{self, status};
+use iapd_sdk_plugin::proto;
+use prost::Message;
+use tokio::sync::oneshot;
+
+use super::ffi::{HttpDone, TimerDone};
+use crate::config::Origin;
+
+/// The largest HTTP answer body a plugin is given.
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// How an accepted call ended, as the plugin reported it.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) status: abi::Status,
+    pub(crate) payload: Vec<u8>,
+}
+
+struct PendingCall {
+    sender: oneshot::Sender<Completion>,
+    deadline: Instant,
+}
+
+/// Counters a test or metric can read.
+#[derive(Debug, Default)]
+pub struct HostCounters {
+    /// HTTP requests sent for the plugin.
+    pub http_requests: AtomicU64,
+    /// HTTP requests refused by the origin allowlist.
+    pub http_refused: AtomicU64,
+    /// Completions that arrived for no pending call (late or duplicate).
+    pub stray_completions: AtomicU64,
+}
+
+/// The host side of one plugin instance.
+pub(crate) struct HostContext {
+    store_id: String,
+    calls: Mutex<HashMap<u64, PendingCall>>,
+    origins: Vec<Origin>,
+    secrets: HashMap<Vec<u8>, Vec<u8>>,
+    /// Secret values as text, to redact from what the plugin logs.
+    redactions: Vec<String>,
+    http: reqwest::Client,
+    http_timeout: Duration,
+    runtime: tokio::runtime::Handle,
+    pub(crate) counters: HostCounters,
+}
+
+pub(crate) struct ContextSettings {
+    pub(crate) store_id: String,
+    pub(crate) origins: Vec<Origin>,
+    pub(crate) secrets: Vec<(String, Vec<u8>)>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) http_timeout: Duration,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl HostContext {
+    pub(crate) fn new(settings: ContextSettings) -> Self {
+        let redactions = settings
+            .secrets
+            .iter()
+            .filter_map(|(_, value)| String::from_utf8(value.clone()).ok())
+            .filter(|value| value.len() >= 4)
+            .collect();
+        HostContext {
+            store_id: settings.store_id,
+            calls: Mutex::default(),
+            origins: settings.origins,
+            secrets: settings.secrets.into_iter().map(|(name, value)| (name.into_bytes(), value)).collect(),
+            redactions,
+            http: settings.http,
+            http_timeout: settings.http_timeout,
+            runtime: settings.runtime,
+            counters: HostCounters::default(),
+        }
+    }
+
+    /// Registers a call before it is started, so a completion that arrives
+    /// before `call` returns finds it.
+    pub(crate) fn register(&self, call_id: u64, deadline: Instant) -> oneshot::Receiver<Completion> {
+        let (sender, receiver) = oneshot::channel();
+        lock(&self.calls).insert(call_id, PendingCall { sender, deadline });
+        receiver
+    }
+
+    /// Forgets a call; a later completion is dropped.
+    pub(crate) fn unregister(&self, call_id: u64) {
+        lock(&self.calls).remove(&call_id);
+    }
+
+    pub(crate) fn calls_in_flight(&self) -> usize {
+        lock(&self.calls).len()
+    }
+
+    fn deadline_of(&self, call_id: u64) -> Option<Instant> {
+        lock(&self.calls).get(&call_id).map(|call| call.deadline)
+    }
+
+    pub(crate) fn complete(&self, call_id: u64, code: abi::Status, payload: &[u8]) {
+        let pending = lock(&self.calls).remove(&call_id);
+        match pending {
+            Some(call) => {
+                let _ = call.sender.send(Completion { status: code, payload: payload.to_vec() });
+            }
+            None => {
+                self.counters.stray_completions.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(store = %self.store_id, call_id, "dropped a completion for a call that is no longer pending");
+            }
+        }
+    }
+
+    pub(crate) fn log_max_level(&self) -> u32 {
+        use tracing::level_filters::LevelFilter;
+        match LevelFilter::current() {
+            LevelFilter::OFF => 0,
+            LevelFilter::ERROR => 1,
+            LevelFilter::WARN => 2,
+            LevelFilter::INFO => 3,
+            LevelFilter::DEBUG => 4,
+            _ => 5,
+        }
+    }
+
+    pub(crate) fn log(&self, level: u32, target: &[u8], message: &[u8], call_id: u64) {
+        let target = String::from_utf8_lossy(target);
+        let message = self.redact(&String::from_utf8_lossy(message));
+        let store = &self.store_id;
+        match level {
+            0 | 1 => tracing::error!(store, call_id, plugin_target = %target, "{message}"),
+            2 => tracing::warn!(store, call_id, plugin_target = %target, "{message}"),
+            3 => tracing::info!(store, call_id, plugin_target = %target, "{message}"),
+            4 => tracing::debug!(store, call_id, plugin_target = %target, "{message}"),
+            _ => tracing::trace!(store, call_id, plugin_target = %target, "{message}"),
+        }
+    }
+
+    /// Replaces every configured secret value in `text`.
+    pub(crate) fn redact(&self, text: &str) -> String {
+        self.redactions.iter().fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "[redacted]"))
+    }
+
+    pub(crate) fn secret(&self, name: &[u8]) -> Option<&[u8]> {
+        self.secrets.get(name).map(Vec::as_slice)
+    }
+
+    fn origin_allowed(&self, url: &reqwest::Url) -> bool {
+        Origin::of(url).is_some_and(|origin| self.origins.contains(&origin))
+    }
+
+    /// The time left before the call's deadline, if the call is pending.
+    fn time_left(&self, call_id: u64) -> Option<Duration> {
+        self.deadline_of(call_id).map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    pub(crate) fn http_send(self: Arc<Self>, call_id: u64, request: &[u8], done: HttpDone) -> abi::Status {
+        let Ok(request) = proto::HttpRequest::decode(request) else { return status::INVALID_ARGUMENT };
+        let Ok(url) = reqwest::Url::parse(&request.url) else { return status::INVALID_ARGUMENT };
+        if !self.origin_allowed(&url) {
+            self.counters.http_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(store = %self.store_id, call_id, origin = %url.origin().ascii_serialization(), "refused an http request to an origin not allowed for this store");
+            return status::PERMISSION_DENIED;
+        }
+        let Ok(method) = reqwest::Method::from_bytes(request.method.as_bytes()) else { return status::INVALID_ARGUMENT };
+        let mut headers = reqwest::header::HeaderMap::new();
+        for header in &request.headers {
+            let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(header.name.as_bytes()),
+                reqwest::header::HeaderValue::from_bytes(&header.value),
+            ) else {
+                return status::INVALID_ARGUMENT;
+            };
+            headers.append(name, value);
+        }
+        let asked = match request.timeout_millis {
+            0 => self.http_timeout,
+            millis => Duration::from_millis(u64::from(millis)),
+        };
+        // Never wait past the call's deadline: nobody would read the answer.
+        let timeout = self.time_left(call_id).map_or(asked, |left| asked.min(left));
+        self.counters.http_requests.fetch_add(1, Ordering::Relaxed);
+        let builder = self.http.request(method, url).headers(headers).body(request.body).timeout(timeout);
+        let store_id = self.store_id.clone();
+        self.runtime.spawn(async move {
+            let (code, body) = match execute(builder).await {
+                Ok(response) => (status::OK, response.encode_to_vec()),
+                Err(code) => (code, Vec::new()),
+            };
+            tracing::trace!(store = %store_id, call_id, code, "http answer delivered to the plugin");
+            // Answers are delivered on the blocking pool, never inside
+            // http_send, and never on a runtime worker (plugin code runs).
+            let _ = tokio::task::spawn_blocking(move || done.deliver(code, &body)).await;
+        });
+        status::OK
+    }
+
+    pub(crate) fn timer_start(self: Arc<Self>, call_id: u64, delay_millis: u64, done: TimerDone) -> abi::Status {
+        let delay = Duration::from_millis(delay_millis);
+        // A timer that would outlive its call's deadline ends at the deadline.
+        let (delay, code) = match self.time_left(call_id) {
+            Some(left) if left < delay => (left, status::DEADLINE_EXCEEDED),
+            _ => (delay, status::OK),
+        };
+        self.runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tokio::task::spawn_blocking(move || done.deliver(code)).await;
+        });
+        status::OK
+    }
+}
+
+async fn execute(builder: reqwest::RequestBuilder) -> Result<proto::HttpResponse, abi::Status> {
+    let mut response = builder.send().await.map_err(|err| transport_status(&err))?;
+    let status_code = u32::from(response.status().as_u16());
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| proto::Header { name: name.as_str().to_owned(), value: value.as_bytes().to_vec() })
+        .collect();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|err| transport_status(&err))? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(status::RESOURCE_EXHAUSTED);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(proto::HttpResponse { status: status_code, headers, body })
+}
+
+fn transport_status(err: &reqwest::Error) -> abi::Status {
+    if err.is_timeout() { status::DEADLINE_EXCEEDED } else { status::UNAVAILABLE }
+}
+
+pub(crate) fn now_unix_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn monotonic_nanos() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

