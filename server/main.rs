@@ -33,9 +33,21 @@ enum Command {
     Plugins,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // The whole chain on one line each, never a backtrace: this is
+            // for the operator, not a bug report.
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&Sources { file: cli.config.clone() }).context("invalid configuration")?;
     match cli.command {
         Command::Serve { listen } => serve(config, listen),
@@ -46,7 +58,8 @@ fn main() -> anyhow::Result<()> {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IAPD_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -54,7 +67,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(config: Config, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     runtime()?.block_on(async move {
         let address = listen.unwrap_or(config.listen);
         let host = Arc::new(PluginHost::start(&config).await.context("cannot start the stores")?);
@@ -104,10 +116,13 @@ async fn shutdown_signal() {
     }
 }
 
+/// Starts every store as `serve` would (so plugins check their own
+/// settings), without listening.
 fn check_config(config: &Config) -> anyhow::Result<()> {
-    for (id, store) in &config.stores {
-        let meta = host::inspect(&store.plugin_path).with_context(|| format!("store `{id}`"))?;
-        println!("store `{id}`: ok ({} {})", meta.descriptor.name.unwrap_or_default(), meta.descriptor.version);
+    let host = runtime()?.block_on(PluginHost::start(config)).context("cannot start the stores")?;
+    for store in host.stores() {
+        let descriptor = &store.meta().descriptor;
+        println!("store `{}`: ok ({} {})", store.id(), descriptor.name.as_deref().unwrap_or("?"), descriptor.version);
     }
     println!("configuration ok: {} store(s), listening on {}", config.stores.len(), config.listen);
     Ok(())

@@ -39,8 +39,10 @@ impl PurchaseApi {
 
     /// The call's deadline: the client's `grpc-timeout`, else the default,
     /// never more than the maximum. A client deadline is brought forward by a
-    /// small margin: tonic's own timeout (started before this handler) answers
-    /// CANCELLED when it fires, and the caller should see DEADLINE_EXCEEDED.
+    /// margin (a tenth, at most 50 ms) so that the answer, DEADLINE_EXCEEDED,
+    /// reaches the client before its own timer fires; tonic's timers (this
+    /// server's, started before this handler, and a tonic client's) report
+    /// an expiry as CANCELLED.
     fn deadline<T>(&self, request: &Request<T>) -> Instant {
         let asked = request
             .metadata()
@@ -48,7 +50,7 @@ impl PurchaseApi {
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout);
         let budget = match asked {
-            Some(asked) => asked.min(self.max_timeout).saturating_sub((asked / 20).min(Duration::from_millis(10))),
+            Some(asked) => asked.min(self.max_timeout).saturating_sub((asked / 10).min(Duration::from_millis(50))),
             None => self.default_timeout,
         };
         Instant::now() + budget

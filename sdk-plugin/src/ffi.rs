@@ -19,6 +19,21 @@ use crate::{HostServices, HttpCallback, PluginError, Store, TimerCallback, proto
 // construction, so sharing it between threads is sound.
 unsafe impl Sync for PluginDescriptor {}
 
+/// Exports a [`Store`] as an iapd plugin: generates the `iapd_plugin_v1`
+/// entry symbol and the guarded shims behind it. Call it once per crate.
+#[macro_export]
+macro_rules! export_store {
+    ($store:ty) => {
+        /// The iapd plugin ABI v1 entry point.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn iapd_plugin_v1() -> *const $crate::abi::PluginDescriptor {
+            static DESCRIPTOR: $crate::abi::PluginDescriptor =
+                $crate::ffi::descriptor::<$store>($crate::ffi::cstr(concat!(env!("CARGO_PKG_VERSION"), "\0")));
+            &DESCRIPTOR
+        }
+    };
+}
+
 /// Builds the descriptor for `S`; used by [`crate::export_store!`].
 pub const fn descriptor<S: Store>(version: &'static CStr) -> PluginDescriptor {
     let panic_guarded = if cfg!(panic = "unwind") { abi::FLAG_PANIC_GUARDED } else { 0 };

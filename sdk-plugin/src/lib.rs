@@ -129,21 +129,6 @@ pub trait Store: Sized + Send + Sync + 'static {
     }
 }
 
-/// Exports a [`Store`] as an iapd plugin: generates the `iapd_plugin_v1`
-/// entry symbol and the guarded shims behind it. Call it once per crate.
-#[macro_export]
-macro_rules! export_store {
-    ($store:ty) => {
-        /// The iapd plugin ABI v1 entry point.
-        #[unsafe(no_mangle)]
-        pub extern "C" fn iapd_plugin_v1() -> *const $crate::abi::PluginDescriptor {
-            static DESCRIPTOR: $crate::abi::PluginDescriptor =
-                $crate::ffi::descriptor::<$store>($crate::ffi::cstr(concat!(env!("CARGO_PKG_VERSION"), "\0")));
-            &DESCRIPTOR
-        }
-    };
-}
-
 /// Host services; implemented over the C ABI and by the test kit.
 pub(crate) trait HostServices: Send + Sync {
     fn log_max_level(&self) -> u32;

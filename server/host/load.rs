@@ -68,14 +68,12 @@ pub enum LoadError {
         problem: String,
     },
     /// The plugin could not create its instance.
-    #[error("plugin `{path}` ({name}) failed to start store `{store}`: {message}")]
+    #[error("plugin `{path}` ({name}) failed to start: {message}")]
     Init {
         /// The file.
         path: PathBuf,
         /// The plugin's name.
         name: String,
-        /// The store id.
-        store: String,
         /// The plugin's message (with secrets redacted).
         message: String,
     },

@@ -72,6 +72,8 @@ impl PluginHost {
     /// Loads and starts every store in `config`. Any refusal stops start-up;
     /// all refusals are reported together.
     pub async fn start(config: &Config) -> Result<PluginHost, StartError> {
+        // One TLS stack for every store; a second call finds it installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             // A redirect could leave the store's allowed origins.
             .redirect(reqwest::redirect::Policy::none())
@@ -161,7 +163,6 @@ impl StorePlugin {
         let init_error = |message: String| LoadError::Init {
             path: meta.path.clone(),
             name: name.clone(),
-            store: id.to_owned(),
             message,
         };
         let init_context = context.clone();

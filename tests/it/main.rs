@@ -1,1 +1,14 @@
+#![allow(unreachable_pub, clippy::unwrap_used)] // test code: panicking on a broken expectation is the point
 
+//! Integration tests: one binary, one module per topic, shared helpers in
+//! `support`. Most tests run the real `iapd` binary with the real plugin
+//! libraries (built by `cargo build --workspace`) on a free port.
+
+mod abi; // plugins in C and misbehaving plugins: loading, refusals, panics, allowlist, deadlines
+mod api; // every RPC through a tonic client against the sandbox store
+mod config; // configuration errors, env overrides, check-config, plugins
+mod grpcurl; // the README's grpcurl examples, reflection and health, run literally
+mod in_process; // the server as a library: serve() on port 0 with a shutdown future
+mod invariants; // architecture invariants from ARCHITECTURE.md
+mod proto_lint; // buf lint on the public API
+mod support;

@@ -1,0 +1,68 @@
+//! Configuration errors name the key and the reason; env overrides work; the
+//! `check-config` and `plugins` commands.
+
+use crate::support::{Sandbox, built_plugin, run_iapd};
+
+fn check(config: &std::path::Path, envs: &[(&str, &str)]) -> (bool, String, String) {
+    run_iapd(&["--config", &config.display().to_string(), "check-config"], envs)
+}
+
+#[test]
+fn configuration_errors_name_the_key_and_the_reason() {
+    let sandbox = Sandbox::new();
+    sandbox.add_plugin(&built_plugin("iapd-plugin-sandbox"), "libiapd_plugin_sandbox.so");
+    // (config body after [plugins], expected key, expected reason fragment)
+    let cases = [
+        ("[server]\nlisten_addr = \"x\"\n[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n", "server.listen_addr", "unknown field"),
+        ("[server]\nlisten = \"not an address\"\n[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n", "server.listen", "invalid"),
+        ("[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\ncolour = 1\n", "stores.sandbox.colour", "unknown field"),
+        ("[stores.google]\nplugin = \"iapd_plugin_google\"\n", "stores.google.plugin", "libiapd_plugin_google.so"),
+        ("[stores.sandbox]\nplugin = \"../outside.so\"\n", "stores.sandbox.plugin", "must be a file name inside the plugins folder"),
+        ("[stores.Sandbox]\nplugin = \"iapd_plugin_sandbox\"\n", "stores.Sandbox", "a store id is"),
+        (
+            "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\nallowed_origins = [\"https://ok.example\", \"ftp://x\"]\n",
+            "stores.sandbox.allowed_origins[1]",
+            "only http and https",
+        ),
+        (
+            "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\nsecrets = { key = { env = \"IAPD_TEST_UNSET_VARIABLE\" } }\n",
+            "stores.sandbox.secrets.key",
+            "`IAPD_TEST_UNSET_VARIABLE` is not set",
+        ),
+        ("[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\nconfig = { typo = 1 }\n", "stores.sandbox.config", "unknown field `typo`"),
+        ("", "stores", "no store is configured"),
+    ];
+    for (body, key, reason) in cases {
+        let config = sandbox.write_config(body);
+        let (ok, _, stderr) = check(&config, &[]);
+        assert!(!ok, "accepted:\n{body}");
+        assert!(stderr.contains(&format!("config key `{key}`")) || stderr.contains(&format!("store `{key}")), "key `{key}` not named:\n{stderr}");
+        assert!(stderr.contains(reason), "reason `{reason}` missing:\n{stderr}");
+    }
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let (ok, stdout, stderr) = run_iapd(&["check-config"], &[("IAPD_SERVER__LISTEN", "127.0.0.1:6000")]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("listening on 127.0.0.1:6000"), "{stdout}");
+    let (ok, _, stderr) = run_iapd(&["check-config"], &[("IAPD_SERVER__LISTEN", "nonsense")]);
+    assert!(!ok);
+    assert!(stderr.contains("config key `server.listen`"), "{stderr}");
+}
+
+#[test]
+fn check_config_accepts_the_embedded_defaults() {
+    let (ok, stdout, stderr) = run_iapd(&["check-config"], &[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("store `sandbox`: ok (sandbox 0.1.0)"), "{stdout}");
+}
+
+#[test]
+fn plugins_lists_abi_capabilities_and_path() {
+    let (ok, stdout, stderr) = run_iapd(&["plugins"], &[]);
+    assert!(ok, "{stderr}");
+    for expected in ["sandbox", "abi:          1.0", "verify, acknowledge, consume, list_items", "libiapd_plugin_sandbox"] {
+        assert!(stdout.contains(expected), "`{expected}` missing:\n{stdout}");
+    }
+}
