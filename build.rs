@@ -14,7 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut reflection = protox::Compiler::new([proto_root])?;
     reflection.include_imports(true).open_files([api, error_details])?;
-    std::fs::write(out_dir.join("iapd_descriptor.bin"), prost::Message::encode_to_vec(&reflection.file_descriptor_set()))?;
+    std::fs::write(
+        out_dir.join("iapd_descriptor.bin"),
+        prost::Message::encode_to_vec(&reflection.file_descriptor_set()),
+    )?;
 
     let api_descriptors = protox::compile([api], [proto_root])?;
     tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(api_descriptors)?;

@@ -272,12 +272,15 @@ impl Config {
 }
 
 fn validate_store(key: &str, store: RawStore, plugins_dir: &Path) -> Result<StoreConfig, ConfigError> {
-    let plugin_path = resolve_plugin(plugins_dir, &store.plugin).map_err(|reason| ConfigError::new(format!("{key}.plugin"), reason))?;
+    let plugin_path = resolve_plugin(plugins_dir, &store.plugin)
+        .map_err(|reason| ConfigError::new(format!("{key}.plugin"), reason))?;
     let allowed_origins = store
         .allowed_origins
         .iter()
         .enumerate()
-        .map(|(index, text)| Origin::parse(text).map_err(|reason| ConfigError::new(format!("{key}.allowed_origins[{index}]"), reason)))
+        .map(|(index, text)| {
+            Origin::parse(text).map_err(|reason| ConfigError::new(format!("{key}.allowed_origins[{index}]"), reason))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if store.max_in_flight == 0 {
         return Err(ConfigError::new(format!("{key}.max_in_flight"), "must be at least 1"));
@@ -322,7 +325,11 @@ pub fn resolve_plugin(dir: &Path, name: &str) -> Result<PathBuf, String> {
     let path = dir.join(&file);
     let real = path.canonicalize().map_err(|err| format!("plugin file `{}` cannot be used: {err}", path.display()))?;
     if real.parent() != Some(dir) {
-        return Err(format!("plugin file `{}` resolves outside the plugins folder `{}`", path.display(), dir.display()));
+        return Err(format!(
+            "plugin file `{}` resolves outside the plugins folder `{}`",
+            path.display(),
+            dir.display()
+        ));
     }
     if !real.is_file() {
         return Err(format!("plugin path `{}` is not a file", path.display()));
@@ -331,7 +338,8 @@ pub fn resolve_plugin(dir: &Path, name: &str) -> Result<PathBuf, String> {
 }
 
 fn default_plugins_dir() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|err| format!("not set, and the executable's folder is unknown: {err}"))?;
+    let exe =
+        std::env::current_exe().map_err(|err| format!("not set, and the executable's folder is unknown: {err}"))?;
     exe.parent().map(Path::to_path_buf).ok_or_else(|| "not set, and the executable has no folder".to_owned())
 }
 

@@ -150,7 +150,7 @@ pub(crate) fn catalog_item(item: plugin::CatalogItem) -> pb::CatalogItem {
         title: item.title,
         description: item.description,
         price: (!item.price_currency_code.is_empty())
-            .then(|| pb::Price { currency_code: item.price_currency_code, amount_micros: item.price_amount_micros }),
+            .then_some(pb::Price { currency_code: item.price_currency_code, amount_micros: item.price_amount_micros }),
         active: item.active,
     }
 }

@@ -59,7 +59,11 @@ impl From<ApiError> for Status {
         match error {
             ApiError::InvalidArgument { field, description } => {
                 let mut details = ErrorDetails::with_bad_request_violation(&field, &description);
-                details.set_error_info("INVALID_ARGUMENT", DOMAIN, HashMap::from([("field".to_owned(), field.clone())]));
+                details.set_error_info(
+                    "INVALID_ARGUMENT",
+                    DOMAIN,
+                    HashMap::from([("field".to_owned(), field.clone())]),
+                );
                 Status::with_error_details(Code::InvalidArgument, format!("{field}: {description}"), details)
             }
             ApiError::UnknownStore { store, known } => {
@@ -78,7 +82,10 @@ impl From<ApiError> for Status {
                 let details = ErrorDetails::with_error_info(
                     "OPERATION_NOT_SUPPORTED",
                     DOMAIN,
-                    HashMap::from([("store".to_owned(), store.clone()), ("operation".to_owned(), operation.to_owned())]),
+                    HashMap::from([
+                        ("store".to_owned(), store.clone()),
+                        ("operation".to_owned(), operation.to_owned()),
+                    ]),
                 );
                 Status::with_error_details(
                     Code::Unimplemented,
@@ -90,7 +97,11 @@ impl From<ApiError> for Status {
             ApiError::MalformedAnswer { store, detail } => {
                 tracing::error!(store, detail, "plugin answered with a malformed message");
                 let details = ErrorDetails::with_error_info("MALFORMED_PLUGIN_ANSWER", DOMAIN, store_metadata(&store));
-                Status::with_error_details(Code::Internal, format!("store `{store}` answered with a malformed message"), details)
+                Status::with_error_details(
+                    Code::Internal,
+                    format!("store `{store}` answered with a malformed message"),
+                    details,
+                )
             }
         }
     }
@@ -105,6 +116,7 @@ fn plugin_status(store: String, error: CallError) -> Status {
         }
         CallError::Failed { status, error } => {
             let code = code_of(status);
+            let error = *error;
             let reason = if error.reason.is_empty() { format!("{code:?}").to_uppercase() } else { error.reason };
             let mut metadata: HashMap<String, String> = error.metadata.into_iter().collect();
             if error.upstream_http_status != 0 {

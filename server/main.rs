@@ -136,7 +136,10 @@ fn list_plugins(config: &Config) -> anyhow::Result<()> {
                 let d = &meta.descriptor;
                 println!("{id}");
                 println!("  plugin:       {} {}", d.name.as_deref().unwrap_or("?"), d.version);
-                println!("  abi:          {}.{} (needs host >= {}.{})", d.abi_major, d.abi_minor, d.abi_major, d.min_host_minor);
+                println!(
+                    "  abi:          {}.{} (needs host >= {}.{})",
+                    d.abi_major, d.abi_minor, d.abi_major, d.min_host_minor
+                );
                 println!("  capabilities: {}", capability_names(d.capabilities).join(", "));
                 println!("  proofs:       {}", meta.info.proof_kinds.join(", "));
                 println!("  build:        {}", d.build_info);

@@ -44,11 +44,8 @@ impl PurchaseApi {
     /// server's, started before this handler, and a tonic client's) report
     /// an expiry as CANCELLED.
     fn deadline<T>(&self, request: &Request<T>) -> Instant {
-        let asked = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|value| value.to_str().ok())
-            .and_then(parse_grpc_timeout);
+        let asked =
+            request.metadata().get("grpc-timeout").and_then(|value| value.to_str().ok()).and_then(parse_grpc_timeout);
         let budget = match asked {
             Some(asked) => asked.min(self.max_timeout).saturating_sub((asked / 10).min(Duration::from_millis(50))),
             None => self.default_timeout,
@@ -106,7 +103,8 @@ impl PurchaseService for PurchaseApi {
         validate::app_and_product(&request.app_id, &request.product_id)?;
         validate::proof(request.proof.as_ref())?;
         validate::user_id(&request.user_id)?;
-        let origin = convert::Origin { store: &request.store, app_id: &request.app_id, product_id: &request.product_id };
+        let origin =
+            convert::Origin { store: &request.store, app_id: &request.app_id, product_id: &request.product_id };
         let plugin_request = plugin::VerifyRequest {
             app_id: request.app_id.clone(),
             product_id: request.product_id.clone(),
@@ -165,7 +163,11 @@ impl PurchaseService for PurchaseApi {
         let store = self.store(&request.store)?;
         validate::store(&request.store)?;
         if request.app_id.is_empty() {
-            return Err(ApiError::InvalidArgument { field: "app_id".to_owned(), description: "is required".to_owned() }.into());
+            return Err(ApiError::InvalidArgument {
+                field: "app_id".to_owned(),
+                description: "is required".to_owned(),
+            }
+            .into());
         }
         validate::app_and_product(&request.app_id, "-")?;
         validate::kind(request.kind)?;

@@ -51,7 +51,12 @@ pub(crate) fn proof(proof: Option<&pb::PurchaseProof>) -> Result<(), ApiError> {
     use pb::purchase_proof::Proof;
     let Some(proof) = proof else { return Err(invalid("proof", "is required")) };
     match &proof.proof {
-        None => return Err(invalid("proof", "one of purchase_token, transaction_id, signed_transaction, receipt or purchase_id is required")),
+        None => {
+            return Err(invalid(
+                "proof",
+                "one of purchase_token, transaction_id, signed_transaction, receipt or purchase_id is required",
+            ));
+        }
         Some(Proof::PurchaseToken(value)) => required("proof.purchase_token", value, MAX_TOKEN)?,
         Some(Proof::TransactionId(value)) => required("proof.transaction_id", value, MAX_ID)?,
         Some(Proof::SignedTransaction(value)) => required("proof.signed_transaction", value, MAX_SIGNED_TRANSACTION)?,

@@ -23,7 +23,6 @@ if ! command -v cc >/dev/null; then
   exit 1
 fi
 export PATH="$tools/venv/bin:$tools/node/node_modules/.bin:$PATH"
-export IAPD_TEST_PYTHON="$tools/venv/bin/python"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -121,15 +121,12 @@ pub struct HostApi {
     pub abi_major: u16,
     pub abi_minor: u16,
     pub host: *mut Host,
-    pub log: Option<
-        unsafe extern "C" fn(host: *mut Host, level: u32, target: Bytes, message: Bytes, call_id: u64),
-    >,
+    pub log: Option<unsafe extern "C" fn(host: *mut Host, level: u32, target: Bytes, message: Bytes, call_id: u64)>,
     pub log_max_level: Option<unsafe extern "C" fn(host: *mut Host) -> u32>,
     pub now_unix_millis: Option<unsafe extern "C" fn(host: *mut Host) -> i64>,
     pub monotonic_nanos: Option<unsafe extern "C" fn(host: *mut Host) -> u64>,
-    pub get_secret: Option<
-        unsafe extern "C" fn(host: *mut Host, name: Bytes, sink: BytesSink, ud: *mut c_void) -> Status,
-    >,
+    pub get_secret:
+        Option<unsafe extern "C" fn(host: *mut Host, name: Bytes, sink: BytesSink, ud: *mut c_void) -> Status>,
     pub http_send: Option<
         unsafe extern "C" fn(
             host: *mut Host,
@@ -148,8 +145,7 @@ pub struct HostApi {
             ud: *mut c_void,
         ) -> Status,
     >,
-    pub complete:
-        Option<unsafe extern "C" fn(host: *mut Host, call_id: u64, status: Status, payload_pb: Bytes)>,
+    pub complete: Option<unsafe extern "C" fn(host: *mut Host, call_id: u64, status: Status, payload_pb: Bytes)>,
 }
 
 /// `iapd_plugin_descriptor`: what the entry symbol returns.
@@ -178,9 +174,8 @@ pub struct PluginDescriptor {
         ) -> Status,
     >,
     pub instance_drop: Option<unsafe extern "C" fn(instance: *mut Instance)>,
-    pub call: Option<
-        unsafe extern "C" fn(instance: *mut Instance, call_id: u64, method: Bytes, request_pb: Bytes) -> Status,
-    >,
+    pub call:
+        Option<unsafe extern "C" fn(instance: *mut Instance, call_id: u64, method: Bytes, request_pb: Bytes) -> Status>,
     pub cancel: Option<unsafe extern "C" fn(instance: *mut Instance, call_id: u64)>,
 }
 

@@ -308,9 +308,8 @@ impl HostServices for FfiHost {
         let table = self.table();
         let ud = Box::into_raw(Box::new(done)).cast::<c_void>();
         // SAFETY: a 1.0 host function; `request` outlives the call.
-        let accepted = unsafe {
-            host_fn!(table, http_send)(table.host, call_id, Bytes::borrow(request), Some(on_done), ud)
-        };
+        let accepted =
+            unsafe { host_fn!(table, http_send)(table.host, call_id, Bytes::borrow(request), Some(on_done), ud) };
         if accepted != status::OK {
             // SAFETY: refused, so the host will never call `on_done`; reclaim.
             drop(unsafe { Box::from_raw(ud.cast::<HttpCallback>()) });

@@ -4,15 +4,7 @@
 //! origins, answers delivered later and never re-entrantly, exactly one
 //! completion per call), so a store that passes here behaves the same loaded.
 //!
-//! ```ignore
-//! let kit = kit::builder()
-//!     .config_json(r#"{"base_url": "https://store.example"}"#)
-//!     .secret("api_key", "k")
-//!     .http(|request| HttpResponse::new(200, r#"{"purchaseState": 0}"#))
-//!     .build::<MyStore>()?;
-//! let answer = kit.verify(proto::VerifyRequest { .. })?;
-//! assert_eq!(kit.requests().len(), 1);
-//! ```
+//! See the crate documentation for a complete example.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -22,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use prost::Message;
 
 use crate::runtime::{Runtime, lock};
-use crate::{Code, HostServices, HttpCallback, HttpRequest, HttpResponse, PluginError, Store, TimerCallback, abi, proto};
+use crate::{
+    Code, HostServices, HttpCallback, HttpRequest, HttpResponse, PluginError, Store, TimerCallback, abi, proto,
+};
 
 type Handler = dyn Fn(&HttpRequest) -> Result<HttpResponse, Code> + Send + Sync;
 
@@ -118,16 +112,16 @@ impl<S: Store> fmt::Debug for Kit<S> {
 
 /// Starts building a kit.
 pub fn builder() -> KitBuilder {
-        KitBuilder {
-            config_json: String::new(),
-            store_id: "test".to_owned(),
-            secrets: HashMap::new(),
-            extra_origins: Vec::new(),
-            handler: Arc::new(|request: &HttpRequest| {
-                panic!("the store sent {} {} but the kit has no http handler", request.method(), request.url())
-            }),
-            now_unix_millis: 1_767_225_600_000, // 2026-01-01T00:00:00Z
-        }
+    KitBuilder {
+        config_json: String::new(),
+        store_id: "test".to_owned(),
+        secrets: HashMap::new(),
+        extra_origins: Vec::new(),
+        handler: Arc::new(|request: &HttpRequest| {
+            panic!("the store sent {} {} but the kit has no http handler", request.method(), request.url())
+        }),
+        now_unix_millis: 1_767_225_600_000, // 2026-01-01T00:00:00Z
+    }
 }
 
 impl<S: Store> Kit<S> {
@@ -171,6 +165,7 @@ impl<S: Store> Kit<S> {
         self.runtime.start_call(call_id, method, &request.encode_to_vec())?;
         loop {
             if let Some((status, payload)) = lock(&self.host.completions).remove(&call_id) {
+                assert_eq!(self.runtime.calls_in_flight(), 0, "a completed call was not forgotten");
                 return if status == abi::status::OK {
                     Ok(Resp::decode(payload.as_slice())?)
                 } else {
@@ -235,7 +230,8 @@ impl HostServices for KitHost {
         };
         let request = HttpRequest::from_proto(request);
         let allowed = self.origins.iter().any(|origin| {
-            request.url() == origin || request.url().strip_prefix(origin.as_str()).is_some_and(|rest| rest.starts_with(['/', '?']))
+            request.url() == origin
+                || request.url().strip_prefix(origin.as_str()).is_some_and(|rest| rest.starts_with(['/', '?']))
         });
         if !allowed {
             return abi::status::PERMISSION_DENIED;

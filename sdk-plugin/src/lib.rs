@@ -5,9 +5,10 @@
 //! [`Store`] with async methods, call [`export_store!`] once, and mark your
 //! crate `#![forbid(unsafe_code)]`.
 //!
-//! ```ignore
+//! ```
 //! #![forbid(unsafe_code)]
-//! use iapd_sdk_plugin::{prelude::*, proto};
+//! use iapd_sdk_plugin::prelude::*;
+//! use iapd_sdk_plugin::proto::{self, Verdict};
 //!
 //! struct MyStore;
 //!
@@ -15,15 +16,34 @@
 //!     const NAME: &'static CStr = c"my_store";
 //!     const CAPABILITIES: u64 = CAP_VERIFY;
 //!     type Config = serde_json::Value;
-//!     fn info() -> proto::PluginInfo { proto::PluginInfo::default() }
-//!     fn new(_config: Self::Config, _init: &InitContext) -> Result<Self, PluginError> { Ok(MyStore) }
-//!     async fn verify(&self, cx: &Ctx, req: proto::VerifyRequest) -> Result<proto::VerifyResponse, PluginError> {
-//!         let answer = cx.http(HttpRequest::get("https://store.example/purchases/1")).await?;
-//!         todo!()
+//!
+//!     fn info() -> proto::PluginInfo {
+//!         proto::PluginInfo {
+//!             allowed_origins: vec!["https://store.example".into()],
+//!             ..Default::default()
+//!         }
+//!     }
+//!
+//!     fn new(_config: Self::Config, _init: &InitContext) -> Result<Self, PluginError> {
+//!         Ok(MyStore)
+//!     }
+//!
+//!     async fn verify(&self, cx: &Ctx, request: proto::VerifyRequest) -> Result<proto::VerifyResponse, PluginError> {
+//!         let url = format!("https://store.example/purchases/{}", request.product_id);
+//!         let answer = cx.http(HttpRequest::get(url)).await?;
+//!         let verdict = if answer.status() == 404 { Verdict::NotFound } else { Verdict::Valid };
+//!         Ok(proto::VerifyResponse { verdict: verdict.into(), ..Default::default() })
 //!     }
 //! }
 //!
 //! export_store!(MyStore);
+//!
+//! // The kit runs it in-process, with scripted store answers:
+//! let kit = iapd_sdk_plugin::kit::builder().http(|_| HttpResponse::new(404, "")).build::<MyStore>()?;
+//! let answer = kit.verify(proto::VerifyRequest { product_id: "coins".into(), ..Default::default() })?;
+//! assert_eq!(answer.verdict(), Verdict::NotFound);
+//! assert_eq!(kit.requests()[0].url(), "https://store.example/purchases/coins");
+//! # Ok::<(), PluginError>(())
 //! ```
 //!
 //! Plugins own no runtime, no sockets and no TLS: the host performs HTTP
@@ -270,3 +290,6 @@ pub const BUILD_INFO: &str = concat!(
     env!("IAPD_SDK_TARGET"),
     "\0"
 );
+
+#[cfg(test)]
+mod tests;

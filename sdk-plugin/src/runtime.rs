@@ -38,7 +38,9 @@ impl<S: Store> Runtime<S> {
         } else {
             serde_json::from_str(&config.config_json)
         }
-        .map_err(|err| PluginError::invalid_argument(format!("config key `stores.{}.config`: {err}", config.store_id)))?;
+        .map_err(|err| {
+            PluginError::invalid_argument(format!("config key `stores.{}.config`: {err}", config.store_id))
+        })?;
         let init = crate::InitContext { store_id: config.store_id.clone(), host: host.clone() };
         let store = S::new(store_config, &init)?;
         Ok(Runtime { store: Arc::new(store), host, calls: Arc::default() })
@@ -92,8 +94,7 @@ impl<S: Store> Runtime<S> {
         }
     }
 
-    /// Calls in flight, for tests.
-    #[cfg(test)]
+    /// Calls started and not yet completed.
     pub(crate) fn calls_in_flight(&self) -> usize {
         lock(&self.calls).len()
     }

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::sync::{Arc, OnceLock};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use iapd_sdk_plugin::abi::{self, status};
@@ -171,7 +171,9 @@ impl HostContext {
             tracing::warn!(store = %self.store_id, call_id, origin = %url.origin().ascii_serialization(), "refused an http request to an origin not allowed for this store");
             return status::PERMISSION_DENIED;
         }
-        let Ok(method) = reqwest::Method::from_bytes(request.method.as_bytes()) else { return status::INVALID_ARGUMENT };
+        let Ok(method) = reqwest::Method::from_bytes(request.method.as_bytes()) else {
+            return status::INVALID_ARGUMENT;
+        };
         let mut headers = reqwest::header::HeaderMap::new();
         for header in &request.headers {
             let (Ok(name), Ok(value)) = (

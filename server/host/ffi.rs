@@ -144,7 +144,11 @@ impl Descriptor {
     }
 
     /// Calls `instance_new` with a host table bound to `context`.
-    pub(crate) fn instance_new(self, context: Arc<HostContext>, config: &[u8]) -> Result<InstanceHandle, (abi::Status, Vec<u8>)> {
+    pub(crate) fn instance_new(
+        self,
+        context: Arc<HostContext>,
+        config: &[u8],
+    ) -> Result<InstanceHandle, (abi::Status, Vec<u8>)> {
         let instance_new = self.0.instance_new.ok_or((status::INTERNAL, Vec::new()))?;
         let table = host_table(context);
         let mut instance: *mut Instance = std::ptr::null_mut();
@@ -152,7 +156,13 @@ impl Descriptor {
         // SAFETY: checked entry point; the table is leaked so it outlives the
         // instance; `config` and `error` outlive the call.
         let code = unsafe {
-            instance_new(table, Bytes::borrow(config), &raw mut instance, Some(collect_into), (&raw mut error).cast::<c_void>())
+            instance_new(
+                table,
+                Bytes::borrow(config),
+                &raw mut instance,
+                Some(collect_into),
+                (&raw mut error).cast::<c_void>(),
+            )
         };
         if code != status::OK || instance.is_null() {
             return Err((if code == status::OK { status::INTERNAL } else { code }, error));
@@ -238,7 +248,8 @@ unsafe extern "C" fn host_log(host: *mut Host, level: u32, target: Bytes, messag
     guarded((), || {
         // SAFETY: the host pointer is ours; the views are valid during this
         // call.
-        let (Some(context), Some(target), Some(message)) = (unsafe { context(host) }, unsafe { view(target) }, unsafe { view(message) })
+        let (Some(context), Some(target), Some(message)) =
+            (unsafe { context(host) }, unsafe { view(target) }, unsafe { view(message) })
         else {
             return;
         };
@@ -346,6 +357,7 @@ unsafe extern "C" fn host_complete(host: *mut Host, call_id: u64, code: abi::Sta
         // SAFETY: the host pointer is ours; `payload` is valid during this
         // call and copied before it returns.
         let Some(context) = (unsafe { context(host) }) else { return };
+        // SAFETY: `payload` is valid during this call; `complete` copies it.
         match unsafe { view(payload) } {
             Some(payload) => context.complete(call_id, code, payload),
             None => context.complete(call_id, status::INTERNAL, &[]),

@@ -87,19 +87,22 @@ pub(crate) fn check_symbols(path: &Path) -> Result<(), LoadError> {
     let data = std::fs::read(path).map_err(|source| LoadError::Unreadable { path: path.to_owned(), source })?;
     let file = object::File::parse(&*data)
         .map_err(|err| LoadError::NotALibrary { path: path.to_owned(), reason: err.to_string() })?;
-    let exports = file.exports().map_err(|err| LoadError::NotALibrary { path: path.to_owned(), reason: err.to_string() })?;
+    let exports =
+        file.exports().map_err(|err| LoadError::NotALibrary { path: path.to_owned(), reason: err.to_string() })?;
     let mut other_major = None;
     for export in exports {
         let Ok(name) = std::str::from_utf8(export.name()) else { continue };
         // Mach-O prefixes C symbols with an underscore.
-        let name = if file.format() == object::BinaryFormat::MachO { name.strip_prefix('_').unwrap_or(name) } else { name };
+        let name =
+            if file.format() == object::BinaryFormat::MachO { name.strip_prefix('_').unwrap_or(name) } else { name };
         if name == abi::ENTRY_SYMBOL {
             return Ok(());
         }
-        if let Some(major) = name.strip_prefix(abi::ENTRY_SYMBOL_PREFIX) {
-            if !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()) {
-                other_major = Some((major.to_owned(), name.to_owned()));
-            }
+        if let Some(major) = name.strip_prefix(abi::ENTRY_SYMBOL_PREFIX)
+            && !major.is_empty()
+            && major.bytes().all(|b| b.is_ascii_digit())
+        {
+            other_major = Some((major.to_owned(), name.to_owned()));
         }
     }
     Err(match other_major {
@@ -190,5 +193,6 @@ pub(crate) fn check_descriptor(path: &Path, info: &DescriptorInfo) -> Result<(),
 }
 
 fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }

@@ -56,9 +56,10 @@ fn open_checked(path: &Path) -> Result<(PluginMeta, ffi::Descriptor), LoadError>
         plugin: format!(" ({})", info.name.clone().unwrap_or_default()),
         problem,
     };
-    let encoded = descriptor.describe().map_err(|code| describe_error(format!("describe failed with status {code}")))?;
-    let plugin_info =
-        proto::PluginInfo::decode(encoded.as_slice()).map_err(|err| describe_error(format!("describe returned malformed PluginInfo: {err}")))?;
+    let encoded =
+        descriptor.describe().map_err(|code| describe_error(format!("describe failed with status {code}")))?;
+    let plugin_info = proto::PluginInfo::decode(encoded.as_slice())
+        .map_err(|err| describe_error(format!("describe returned malformed PluginInfo: {err}")))?;
     Ok((PluginMeta { path: path.to_owned(), descriptor: info, info: plugin_info }, descriptor))
 }
 
@@ -136,9 +137,9 @@ impl StorePlugin {
     async fn start(id: &str, store: &StoreConfig, http: reqwest::Client) -> Result<StorePlugin, LoadError> {
         let path = store.plugin_path.clone();
         // Loading runs library initializers: keep it off the runtime workers.
-        let (meta, descriptor) = tokio::task::spawn_blocking(move || open_checked(&path))
-        .await
-        .map_err(|err| LoadError::Open { path: store.plugin_path.clone(), reason: format!("loader thread failed: {err}") })??;
+        let (meta, descriptor) = tokio::task::spawn_blocking(move || open_checked(&path)).await.map_err(|err| {
+            LoadError::Open { path: store.plugin_path.clone(), reason: format!("loader thread failed: {err}") }
+        })??;
 
         let mut origins = Vec::new();
         for text in &meta.info.allowed_origins {
@@ -158,13 +159,10 @@ impl StorePlugin {
             http_timeout: store.http_timeout,
             runtime: tokio::runtime::Handle::current(),
         }));
-        let config = proto::PluginConfig { store_id: id.to_owned(), config_json: store.config_json.clone() }.encode_to_vec();
+        let config =
+            proto::PluginConfig { store_id: id.to_owned(), config_json: store.config_json.clone() }.encode_to_vec();
         let name = meta.descriptor.name.clone().unwrap_or_default();
-        let init_error = |message: String| LoadError::Init {
-            path: meta.path.clone(),
-            name: name.clone(),
-            message,
-        };
+        let init_error = |message: String| LoadError::Init { path: meta.path.clone(), name: name.clone(), message };
         let init_context = context.clone();
         let started = tokio::time::timeout(
             INSTANCE_NEW_TIMEOUT,
@@ -226,7 +224,13 @@ impl StorePlugin {
         self.call_inner(call_id, method, request, deadline).instrument(span).await
     }
 
-    async fn call_inner(&self, call_id: u64, method: &'static str, request: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, CallError> {
+    async fn call_inner(
+        &self,
+        call_id: u64,
+        method: &'static str,
+        request: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, CallError> {
         let completion = self.context.register(call_id, deadline);
         // If this future is dropped (the client went away) or times out, the
         // guard forgets the call and asks the plugin to cancel it.
@@ -249,12 +253,11 @@ impl StorePlugin {
         if completion.status == status::OK {
             return Ok(completion.payload);
         }
-        let mut error = proto::PluginError::decode(completion.payload.as_slice()).unwrap_or_else(|err| proto::PluginError {
-            message: format!("plugin sent a malformed PluginError: {err}"),
-            ..Default::default()
+        let mut error = proto::PluginError::decode(completion.payload.as_slice()).unwrap_or_else(|err| {
+            proto::PluginError { message: format!("plugin sent a malformed PluginError: {err}"), ..Default::default() }
         });
         error.message = self.context.redact(&error.message);
-        Err(CallError::Failed { status: completion.status, error })
+        Err(CallError::Failed { status: completion.status, error: Box::new(error) })
     }
 }
 
@@ -292,8 +295,8 @@ pub enum CallError {
     Failed {
         /// The plugin's status.
         status: abi::Status,
-        /// Its error details.
-        error: proto::PluginError,
+        /// Its error details (boxed: errors are the rare path).
+        error: Box<proto::PluginError>,
     },
     /// The call's deadline passed first.
     DeadlineExceeded,

@@ -72,8 +72,7 @@ fn a_plugin_for_abi_major_2_is_refused_before_any_of_its_code_runs() {
     .unwrap();
     let program = marker_dir.path().join("loader");
     compile_c(&loader, &program, &["-ldl"]);
-    let status =
-        std::process::Command::new(&program).arg(&library).env("ABI_TEST_MARKER", &marker).status().unwrap();
+    let status = std::process::Command::new(&program).arg(&library).env("ABI_TEST_MARKER", &marker).status().unwrap();
     assert!(status.success() && marker.exists(), "control: dlopen runs the constructor");
 }
 
@@ -114,7 +113,11 @@ async fn a_panicking_plugin_fails_that_call_and_the_server_keeps_serving() {
     for product in ["panic", "panic-after-await", "panic", "panic-after-await"] {
         let status = client.verify(faulty(product)).await.unwrap_err();
         assert_eq!(status.code(), Code::Internal, "{product}");
-        assert!(status.message().contains("plugin panicked: faulty plugin panicked on purpose"), "{}", status.message());
+        assert!(
+            status.message().contains("plugin panicked: faulty plugin panicked on purpose"),
+            "{}",
+            status.message()
+        );
         assert_eq!(error_info(&status), Some(("PLUGIN_PANICKED".into(), "faulty".into())));
     }
     assert!(server.is_running());
@@ -213,14 +216,45 @@ fn the_rust_mirror_matches_the_c_header_layout() {
         ("iapd_plugin_descriptor", size_of::<PluginDescriptor>()),
         ("iapd_host_api", size_of::<HostApi>()),
     ];
-    rust_layout.extend(fields!("iapd_plugin_descriptor", PluginDescriptor, [
-        magic, abi_major, abi_minor, struct_size, min_host_minor, flags, name, version, build_info, capabilities,
-        describe, instance_new, instance_drop, call, cancel
-    ]));
-    rust_layout.extend(fields!("iapd_host_api", HostApi, [
-        struct_size, abi_major, abi_minor, host, log, log_max_level, now_unix_millis, monotonic_nanos, get_secret,
-        http_send, timer_start, complete
-    ]));
+    rust_layout.extend(fields!(
+        "iapd_plugin_descriptor",
+        PluginDescriptor,
+        [
+            magic,
+            abi_major,
+            abi_minor,
+            struct_size,
+            min_host_minor,
+            flags,
+            name,
+            version,
+            build_info,
+            capabilities,
+            describe,
+            instance_new,
+            instance_drop,
+            call,
+            cancel
+        ]
+    ));
+    rust_layout.extend(fields!(
+        "iapd_host_api",
+        HostApi,
+        [
+            struct_size,
+            abi_major,
+            abi_minor,
+            host,
+            log,
+            log_max_level,
+            now_unix_millis,
+            monotonic_nanos,
+            get_secret,
+            http_send,
+            timer_start,
+            complete
+        ]
+    ));
     assert_eq!(c_layout.len(), rust_layout.len(), "layout.c prints every field: {c_layout:?}");
     for (name, rust) in rust_layout {
         assert_eq!(c_layout.get(name), Some(&rust), "{name}: C and Rust disagree");

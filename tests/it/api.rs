@@ -19,7 +19,8 @@ async fn list_stores_describes_the_sandbox() {
     assert_eq!(store.plugin_name, "sandbox");
     assert_eq!(store.abi_version, "1.0");
     assert_eq!(store.proof_kinds, ["purchase_token"]);
-    let capabilities: Vec<pb::Capability> = store.capabilities.iter().map(|c| pb::Capability::try_from(*c).unwrap()).collect();
+    let capabilities: Vec<pb::Capability> =
+        store.capabilities.iter().map(|c| pb::Capability::try_from(*c).unwrap()).collect();
     assert_eq!(
         capabilities,
         [pb::Capability::Verify, pb::Capability::Acknowledge, pb::Capability::Consume, pb::Capability::ListItems]
@@ -122,7 +123,8 @@ async fn operations_on_purchases_that_cannot_change_name_the_store_reason() {
     for (product, purchase_token, rpc, code, reason) in cases {
         let proof = token(&unique(purchase_token));
         let result = if rpc == "consume" {
-            let request = pb::ConsumeRequest { store: "sandbox".into(), app_id: "a".into(), product_id: product.into(), proof };
+            let request =
+                pb::ConsumeRequest { store: "sandbox".into(), app_id: "a".into(), product_id: product.into(), proof };
             client.consume(request).await.map(|_| ())
         } else {
             let request = pb::AcknowledgeRequest {
@@ -168,16 +170,17 @@ async fn list_items_pages_and_filters() {
     assert_eq!(all.len(), 6);
     let coins = all.iter().find(|item| item.product_id == "coins_100").unwrap();
     assert_eq!(coins.price.as_ref().map(|p| (p.currency_code.as_str(), p.amount_micros)), Some(("USD", 990_000)));
-    for (kind, expected) in [
-        (pb::ProductKind::Consumable, 2),
-        (pb::ProductKind::NonConsumable, 2),
-        (pb::ProductKind::Subscription, 2),
-    ] {
+    for (kind, expected) in
+        [(pb::ProductKind::Consumable, 2), (pb::ProductKind::NonConsumable, 2), (pb::ProductKind::Subscription, 2)]
+    {
         let page = client.list_items(list(kind, 0, String::new())).await.unwrap().into_inner();
         assert_eq!(page.items.len(), expected, "{kind:?}");
         assert!(page.items.iter().all(|item| item.kind() == kind));
     }
 }
+
+/// (request, code, ErrorInfo reason, domain, retry delay, bad-request field)
+type ErrorRow = (pb::VerifyRequest, Code, &'static str, &'static str, Option<Duration>, Option<&'static str>);
 
 /// The documented error table: what a caller gets, by cause.
 #[tokio::test]
@@ -185,11 +188,17 @@ async fn errors_carry_documented_codes_and_details() {
     let server = Server::start(None, &[]);
     let mut client = server.client().await;
     let long_token = "purchased-".to_owned() + &"x".repeat(5000);
-    // (request, code, ErrorInfo reason, domain, retry delay, bad-request field)
-    let cases: Vec<(pb::VerifyRequest, Code, &str, &str, Option<Duration>, Option<&str>)> = vec![
+    let cases: Vec<ErrorRow> = vec![
         (verify("nope", "coins_100", "purchased"), Code::NotFound, "UNKNOWN_STORE", "iapd", None, None),
         (verify("", "coins_100", "purchased"), Code::InvalidArgument, "INVALID_ARGUMENT", "iapd", None, Some("store")),
-        (verify("sandbox", "", "purchased"), Code::InvalidArgument, "INVALID_ARGUMENT", "iapd", None, Some("product_id")),
+        (
+            verify("sandbox", "", "purchased"),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "iapd",
+            None,
+            Some("product_id"),
+        ),
         (
             pb::VerifyRequest { proof: None, ..verify("sandbox", "coins_100", "x") },
             Code::InvalidArgument,
@@ -207,7 +216,14 @@ async fn errors_carry_documented_codes_and_details() {
             Some("proof.purchase_token"),
         ),
         (verify("sandbox", "coins_100", "gibberish"), Code::InvalidArgument, "UNKNOWN_TOKEN", "sandbox", None, None),
-        (verify("sandbox", "coins_100", "error-unavailable"), Code::Unavailable, "BACKEND_ERROR", "sandbox", None, None),
+        (
+            verify("sandbox", "coins_100", "error-unavailable"),
+            Code::Unavailable,
+            "BACKEND_ERROR",
+            "sandbox",
+            None,
+            None,
+        ),
         (
             verify("sandbox", "coins_100", "error-ratelimited"),
             Code::ResourceExhausted,
@@ -217,7 +233,14 @@ async fn errors_carry_documented_codes_and_details() {
             None,
         ),
         (verify("sandbox", "coins_100", "error-internal"), Code::Internal, "INTERNAL_ERROR", "sandbox", None, None),
-        (verify("sandbox", "coins_100", "error-denied"), Code::PermissionDenied, "PERMISSION_DENIED", "sandbox", None, None),
+        (
+            verify("sandbox", "coins_100", "error-denied"),
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+            "sandbox",
+            None,
+            None,
+        ),
         (
             verify("sandbox", "coins_100", "error-unauthenticated"),
             Code::Unauthenticated,
@@ -305,7 +328,10 @@ async fn concurrent_verifies_all_succeed() {
         let mut client = client.clone();
         tokio::spawn(async move {
             let purchase_token = format!("slow-20-{index}");
-            client.verify(verify("sandbox", "coins_100", &purchase_token)).await.map(|answer| answer.into_inner().verdict())
+            client
+                .verify(verify("sandbox", "coins_100", &purchase_token))
+                .await
+                .map(|answer| answer.into_inner().verdict())
         })
     });
     for call in calls.collect::<Vec<_>>() {

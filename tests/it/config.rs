@@ -13,11 +13,23 @@ fn configuration_errors_name_the_key_and_the_reason() {
     sandbox.add_plugin(&built_plugin("iapd-plugin-sandbox"), "libiapd_plugin_sandbox.so");
     // (config body after [plugins], expected key, expected reason fragment)
     let cases = [
-        ("[server]\nlisten_addr = \"x\"\n[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n", "server.listen_addr", "unknown field"),
-        ("[server]\nlisten = \"not an address\"\n[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n", "server.listen", "invalid"),
+        (
+            "[server]\nlisten_addr = \"x\"\n[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n",
+            "server.listen_addr",
+            "unknown field",
+        ),
+        (
+            "[server]\nlisten = \"not an address\"\n[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n",
+            "server.listen",
+            "invalid",
+        ),
         ("[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\ncolour = 1\n", "stores.sandbox.colour", "unknown field"),
         ("[stores.google]\nplugin = \"iapd_plugin_google\"\n", "stores.google.plugin", "libiapd_plugin_google.so"),
-        ("[stores.sandbox]\nplugin = \"../outside.so\"\n", "stores.sandbox.plugin", "must be a file name inside the plugins folder"),
+        (
+            "[stores.sandbox]\nplugin = \"../outside.so\"\n",
+            "stores.sandbox.plugin",
+            "must be a file name inside the plugins folder",
+        ),
         ("[stores.Sandbox]\nplugin = \"iapd_plugin_sandbox\"\n", "stores.Sandbox", "a store id is"),
         (
             "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\nallowed_origins = [\"https://ok.example\", \"ftp://x\"]\n",
@@ -29,14 +41,21 @@ fn configuration_errors_name_the_key_and_the_reason() {
             "stores.sandbox.secrets.key",
             "`IAPD_TEST_UNSET_VARIABLE` is not set",
         ),
-        ("[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\nconfig = { typo = 1 }\n", "stores.sandbox.config", "unknown field `typo`"),
+        (
+            "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\nconfig = { typo = 1 }\n",
+            "stores.sandbox.config",
+            "unknown field `typo`",
+        ),
         ("", "stores", "no store is configured"),
     ];
     for (body, key, reason) in cases {
         let config = sandbox.write_config(body);
         let (ok, _, stderr) = check(&config, &[]);
         assert!(!ok, "accepted:\n{body}");
-        assert!(stderr.contains(&format!("config key `{key}`")) || stderr.contains(&format!("store `{key}")), "key `{key}` not named:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("config key `{key}`")) || stderr.contains(&format!("store `{key}")),
+            "key `{key}` not named:\n{stderr}"
+        );
         assert!(stderr.contains(reason), "reason `{reason}` missing:\n{stderr}");
     }
 }
@@ -62,7 +81,9 @@ fn check_config_accepts_the_embedded_defaults() {
 fn plugins_lists_abi_capabilities_and_path() {
     let (ok, stdout, stderr) = run_iapd(&["plugins"], &[]);
     assert!(ok, "{stderr}");
-    for expected in ["sandbox", "abi:          1.0", "verify, acknowledge, consume, list_items", "libiapd_plugin_sandbox"] {
+    for expected in
+        ["sandbox", "abi:          1.0", "verify, acknowledge, consume, list_items", "libiapd_plugin_sandbox"]
+    {
         assert!(stdout.contains(expected), "`{expected}` missing:\n{stdout}");
     }
 }

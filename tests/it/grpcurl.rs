@@ -73,7 +73,8 @@ fn reflection_v1_and_health_per_store() {
     // grpcurl tries reflection v1 first; -use-reflection is the default.
     let (ok, output) = run(&format!("grpcurl -plaintext {address} describe iapd.v1.Verdict"));
     assert!(ok && output.contains("VERDICT_NOT_FOUND = 5;"), "{output}");
-    let (ok, output) =
-        run(&format!("grpcurl -plaintext -d '{{\"service\": \"iapd.v1.PurchaseService/nope\"}}' {address} grpc.health.v1.Health/Check"));
+    let (ok, output) = run(&format!(
+        "grpcurl -plaintext -d '{{\"service\": \"iapd.v1.PurchaseService/nope\"}}' {address} grpc.health.v1.Health/Check"
+    ));
     assert!(!ok && output.contains("Code: NotFound"), "an unknown store has no health entry:\n{output}");
 }

@@ -36,5 +36,9 @@ async fn serve_runs_on_port_zero_and_stops_on_its_shutdown_future() {
     assert_eq!(store.calls_in_flight(), 0, "the timed-out call was forgotten");
 
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), server).await.expect("serve returns after shutdown").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("serve returns after shutdown")
+        .unwrap()
+        .unwrap();
 }

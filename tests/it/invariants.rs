@@ -62,7 +62,8 @@ fn sdk_plugin_depends_on_no_runtime_and_no_grpc() {
 #[test]
 fn plugins_never_depend_on_the_server() {
     let graph = dependency_graph();
-    let plugins: Vec<&String> = graph.keys().filter(|name| name.starts_with("iapd-plugin-") || name.starts_with("iapd-test-plugin-")).collect();
+    let plugins: Vec<&String> =
+        graph.keys().filter(|name| name.starts_with("iapd-plugin-") || name.starts_with("iapd-test-plugin-")).collect();
     assert!(plugins.len() >= 2, "found plugins: {plugins:?}");
     for plugin in plugins {
         let dependencies = closure(&graph, plugin);
@@ -87,7 +88,11 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn unsafe_code_lives_only_in_the_ffi_modules() {
     // The ffi modules, and this checker, which names the patterns.
-    let allowed = [root().join("sdk-plugin/src/ffi.rs"), root().join("server/host/ffi.rs"), root().join("tests/it/invariants.rs")];
+    let allowed = [
+        root().join("sdk-plugin/src/ffi.rs"),
+        root().join("server/host/ffi.rs"),
+        root().join("tests/it/invariants.rs"),
+    ];
     let mut files = Vec::new();
     rust_files(&root(), &mut files);
     let unsafe_code = regex_lite_find;
@@ -95,7 +100,12 @@ fn unsafe_code_lives_only_in_the_ffi_modules() {
         let text = std::fs::read_to_string(file).unwrap();
         for (number, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
-            assert!(!unsafe_code(code), "{}:{}: unsafe code outside the ffi modules: {line}", file.display(), number + 1);
+            assert!(
+                !unsafe_code(code),
+                "{}:{}: unsafe code outside the ffi modules: {line}",
+                file.display(),
+                number + 1
+            );
         }
     }
     for plugin in ["plugins/sandbox/src/lib.rs", "tests/plugins/faulty/src/lib.rs"] {

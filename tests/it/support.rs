@@ -122,10 +122,10 @@ impl Server {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("iapd serving") {
-                    if let Some(address) = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next()) {
-                        let _ = address_tx.send(address.parse::<SocketAddr>().ok());
-                    }
+                if line.contains("iapd serving")
+                    && let Some(address) = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next())
+                {
+                    let _ = address_tx.send(address.parse::<SocketAddr>().ok());
                 }
                 let mut logs = sink.lock().unwrap();
                 logs.push_str(&line);
@@ -255,7 +255,9 @@ pub fn tool(name: &str) -> PathBuf {
     }
     let on_path = std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|path| path.exists()));
-    on_path.unwrap_or_else(|| panic!("`{name}` is not installed: run the tests with `bash tests/run.sh`, which installs it"))
+    on_path.unwrap_or_else(|| {
+        panic!("`{name}` is not installed: run the tests with `bash tests/run.sh`, which installs it")
+    })
 }
 
 /// Asserts a call ended by its deadline. The server answers DEADLINE_EXCEEDED

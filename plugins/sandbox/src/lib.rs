@@ -61,12 +61,48 @@ struct CatalogEntry {
 }
 
 const CATALOG: &[CatalogEntry] = &[
-    CatalogEntry { product_id: "coins_100", kind: ProductKind::Consumable, title: "100 coins", price_micros: 990_000, active: true },
-    CatalogEntry { product_id: "coins_500", kind: ProductKind::Consumable, title: "500 coins", price_micros: 3_990_000, active: true },
-    CatalogEntry { product_id: "remove_ads", kind: ProductKind::NonConsumable, title: "Remove ads", price_micros: 2_990_000, active: true },
-    CatalogEntry { product_id: "level_pack", kind: ProductKind::NonConsumable, title: "Level pack", price_micros: 1_990_000, active: false },
-    CatalogEntry { product_id: "vip_monthly", kind: ProductKind::Subscription, title: "VIP, monthly", price_micros: 4_990_000, active: true },
-    CatalogEntry { product_id: "vip_yearly", kind: ProductKind::Subscription, title: "VIP, yearly", price_micros: 39_990_000, active: true },
+    CatalogEntry {
+        product_id: "coins_100",
+        kind: ProductKind::Consumable,
+        title: "100 coins",
+        price_micros: 990_000,
+        active: true,
+    },
+    CatalogEntry {
+        product_id: "coins_500",
+        kind: ProductKind::Consumable,
+        title: "500 coins",
+        price_micros: 3_990_000,
+        active: true,
+    },
+    CatalogEntry {
+        product_id: "remove_ads",
+        kind: ProductKind::NonConsumable,
+        title: "Remove ads",
+        price_micros: 2_990_000,
+        active: true,
+    },
+    CatalogEntry {
+        product_id: "level_pack",
+        kind: ProductKind::NonConsumable,
+        title: "Level pack",
+        price_micros: 1_990_000,
+        active: false,
+    },
+    CatalogEntry {
+        product_id: "vip_monthly",
+        kind: ProductKind::Subscription,
+        title: "VIP, monthly",
+        price_micros: 4_990_000,
+        active: true,
+    },
+    CatalogEntry {
+        product_id: "vip_yearly",
+        kind: ProductKind::Subscription,
+        title: "VIP, yearly",
+        price_micros: 39_990_000,
+        active: true,
+    },
 ];
 
 /// The outcome a token selects.
@@ -138,7 +174,8 @@ fn upstream_error(kind: &str) -> PluginError {
 fn token_of(proof: Option<&proto::Proof>) -> Result<&str, PluginError> {
     match proof.and_then(|proof| proof.kind.as_ref()) {
         Some(proto::proof::Kind::PurchaseToken(token)) => Ok(token),
-        _ => Err(PluginError::invalid_argument("proof: the sandbox store takes a purchase_token").with_reason("UNSUPPORTED_PROOF")),
+        _ => Err(PluginError::invalid_argument("proof: the sandbox store takes a purchase_token")
+            .with_reason("UNSUPPORTED_PROOF")),
     }
 }
 
@@ -227,7 +264,11 @@ impl Store for Sandbox {
         let token = token_of(request.proof.as_ref())?;
         let (outcome, entry, key) = match self.lookup(cx, &request.app_id, &request.product_id, token).await? {
             Lookup::NotFound(reason) => {
-                return Ok(proto::VerifyResponse { verdict: Verdict::NotFound.into(), verdict_reason: reason, purchase: None });
+                return Ok(proto::VerifyResponse {
+                    verdict: Verdict::NotFound.into(),
+                    verdict_reason: reason,
+                    purchase: None,
+                });
             }
             Lookup::Found { outcome, entry, key } => (outcome, entry, key),
         };
@@ -250,10 +291,9 @@ impl Store for Sandbox {
             Outcome::Refunded => (Verdict::Refunded, "purchase was refunded".to_owned()),
             Outcome::Invalid => (Verdict::Invalid, "purchase token signature does not verify (simulated)".to_owned()),
             Outcome::Expired if subscription => (Verdict::Expired, "subscription has expired".to_owned()),
-            Outcome::OwnedBy(account) if !request.user_id.is_empty() && *account != request.user_id => (
-                Verdict::UserMismatch,
-                format!("purchase belongs to account `{account}`, not `{}`", request.user_id),
-            ),
+            Outcome::OwnedBy(account) if !request.user_id.is_empty() && *account != request.user_id => {
+                (Verdict::UserMismatch, format!("purchase belongs to account `{account}`, not `{}`", request.user_id))
+            }
             _ => (Verdict::Valid, "purchase is paid for".to_owned()),
         };
         let consumption_state = match (entry.kind, flags.consumed) {
@@ -344,8 +384,11 @@ impl Store for Sandbox {
             0
         } else {
             request.page_token.parse().map_err(|_| {
-                PluginError::invalid_argument(format!("page_token: `{}` is not a token this store issued", request.page_token))
-                    .with_reason("INVALID_PAGE_TOKEN")
+                PluginError::invalid_argument(format!(
+                    "page_token: `{}` is not a token this store issued",
+                    request.page_token
+                ))
+                .with_reason("INVALID_PAGE_TOKEN")
             })?
         };
         let page_size = usize::try_from(request.page_size).ok().filter(|&size| size > 0).unwrap_or(DEFAULT_PAGE_SIZE);
