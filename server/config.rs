@@ -84,6 +84,8 @@ struct RawStore {
     max_in_flight: usize,
     #[serde(default = "default_http_timeout_ms")]
     http_timeout_ms: u64,
+    #[serde(default = "default_plugin_threads")]
+    plugin_threads: usize,
     #[serde(default)]
     config: Option<serde_json::Value>,
     #[serde(default)]
@@ -96,6 +98,10 @@ fn default_max_in_flight() -> usize {
 
 fn default_http_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_plugin_threads() -> usize {
+    2
 }
 
 /// Where a secret's value comes from. Values never appear in logs or errors.
@@ -142,6 +148,8 @@ pub struct StoreConfig {
     pub max_in_flight: usize,
     /// The HTTP timeout when the plugin sets none.
     pub http_timeout: Duration,
+    /// Threads that run this store's plugin code.
+    pub plugin_threads: usize,
     /// The plugin's own settings, as JSON.
     pub config_json: String,
     /// Resolved secret values by name.
@@ -285,6 +293,9 @@ fn validate_store(key: &str, store: RawStore, plugins_dir: &Path) -> Result<Stor
     if store.max_in_flight == 0 {
         return Err(ConfigError::new(format!("{key}.max_in_flight"), "must be at least 1"));
     }
+    if !(1..=64).contains(&store.plugin_threads) {
+        return Err(ConfigError::new(format!("{key}.plugin_threads"), "must be between 1 and 64"));
+    }
     if store.http_timeout_ms == 0 {
         return Err(ConfigError::new(format!("{key}.http_timeout_ms"), "must be at least 1"));
     }
@@ -306,6 +317,7 @@ fn validate_store(key: &str, store: RawStore, plugins_dir: &Path) -> Result<Stor
         allowed_origins,
         max_in_flight: store.max_in_flight,
         http_timeout: Duration::from_millis(store.http_timeout_ms),
+        plugin_threads: store.plugin_threads,
         config_json: store.config.map(|value| value.to_string()).unwrap_or_default(),
         secrets,
     })

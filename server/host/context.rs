@@ -14,16 +14,24 @@ use prost::Message;
 use tokio::sync::oneshot;
 
 use super::ffi::{HttpDone, TimerDone};
+use super::pool::PluginThreads;
 use crate::config::Origin;
+
+/// Work capped by a call's deadline (HTTP, timers) ends this long after it,
+/// so that the caller deterministically gets the host's own deadline answer
+/// rather than whichever of the two fires first.
+const AFTER_DEADLINE: Duration = Duration::from_millis(25);
 
 /// The largest HTTP answer body a plugin is given.
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
-/// How an accepted call ended, as the plugin reported it.
+/// How a call ended, as the plugin reported it.
 #[derive(Debug)]
 pub(crate) struct Completion {
     pub(crate) status: abi::Status,
     pub(crate) payload: Vec<u8>,
+    /// The plugin refused the call synchronously; no completion followed.
+    pub(crate) refused: bool,
 }
 
 struct PendingCall {
@@ -53,6 +61,7 @@ pub(crate) struct HostContext {
     http: reqwest::Client,
     http_timeout: Duration,
     runtime: tokio::runtime::Handle,
+    threads: PluginThreads,
     pub(crate) counters: HostCounters,
 }
 
@@ -63,6 +72,7 @@ pub(crate) struct ContextSettings {
     pub(crate) http: reqwest::Client,
     pub(crate) http_timeout: Duration,
     pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) threads: PluginThreads,
 }
 
 impl HostContext {
@@ -82,6 +92,7 @@ impl HostContext {
             http: settings.http,
             http_timeout: settings.http_timeout,
             runtime: settings.runtime,
+            threads: settings.threads,
             counters: HostCounters::default(),
         }
     }
@@ -107,11 +118,23 @@ impl HostContext {
         lock(&self.calls).get(&call_id).map(|call| call.deadline)
     }
 
+    /// Runs plugin code (or a plugin callback) on the store's plugin threads.
+    pub(crate) fn run_plugin_code(&self, job: impl FnOnce() + Send + 'static) {
+        self.threads.run(job);
+    }
+
+    /// Ends a call the plugin refused synchronously (`call` returned non-OK).
+    pub(crate) fn refuse(&self, call_id: u64, code: abi::Status) {
+        if let Some(call) = lock(&self.calls).remove(&call_id) {
+            let _ = call.sender.send(Completion { status: code, payload: Vec::new(), refused: true });
+        }
+    }
+
     pub(crate) fn complete(&self, call_id: u64, code: abi::Status, payload: &[u8]) {
         let pending = lock(&self.calls).remove(&call_id);
         match pending {
             Some(call) => {
-                let _ = call.sender.send(Completion { status: code, payload: payload.to_vec() });
+                let _ = call.sender.send(Completion { status: code, payload: payload.to_vec(), refused: false });
             }
             None => {
                 self.counters.stray_completions.fetch_add(1, Ordering::Relaxed);
@@ -158,9 +181,10 @@ impl HostContext {
         Origin::of(url).is_some_and(|origin| self.origins.contains(&origin))
     }
 
-    /// The time left before the call's deadline, if the call is pending.
+    /// How long work for the call may last (see `AFTER_DEADLINE`), if the
+    /// call is pending.
     fn time_left(&self, call_id: u64) -> Option<Duration> {
-        self.deadline_of(call_id).map(|deadline| deadline.saturating_duration_since(Instant::now()))
+        self.deadline_of(call_id).map(|deadline| deadline.saturating_duration_since(Instant::now()) + AFTER_DEADLINE)
     }
 
     pub(crate) fn http_send(self: Arc<Self>, call_id: u64, request: &[u8], done: HttpDone) -> abi::Status {
@@ -192,16 +216,16 @@ impl HostContext {
         let timeout = self.time_left(call_id).map_or(asked, |left| asked.min(left));
         self.counters.http_requests.fetch_add(1, Ordering::Relaxed);
         let builder = self.http.request(method, url).headers(headers).body(request.body).timeout(timeout);
-        let store_id = self.store_id.clone();
+        let context = self.clone();
         self.runtime.spawn(async move {
             let (code, body) = match execute(builder).await {
                 Ok(response) => (status::OK, response.encode_to_vec()),
                 Err(code) => (code, Vec::new()),
             };
-            tracing::trace!(store = %store_id, call_id, code, "http answer delivered to the plugin");
-            // Answers are delivered on the blocking pool, never inside
-            // http_send, and never on a runtime worker (plugin code runs).
-            let _ = tokio::task::spawn_blocking(move || done.deliver(code, &body)).await;
+            tracing::trace!(store = %context.store_id, call_id, code, "http answer delivered to the plugin");
+            // Delivered later, never inside http_send, and on the plugin
+            // threads: the plugin's code runs in `done`.
+            context.run_plugin_code(move || done.deliver(code, &body));
         });
         status::OK
     }
@@ -213,9 +237,10 @@ impl HostContext {
             Some(left) if left < delay => (left, status::DEADLINE_EXCEEDED),
             _ => (delay, status::OK),
         };
+        let context = self.clone();
         self.runtime.spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = tokio::task::spawn_blocking(move || done.deliver(code)).await;
+            context.run_plugin_code(move || done.deliver(code));
         });
         status::OK
     }

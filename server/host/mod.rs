@@ -1,13 +1,14 @@
 //! The plugin host: loads store plugins through ABI v1 and calls them.
 //!
-//! Plugin code never runs on a runtime worker thread: calls go through the
-//! blocking pool, and plugin code returns as soon as it has asked the host for
-//! I/O, so no thread waits while a store answers.
+//! Plugin code never runs on a runtime worker thread: it runs on a few
+//! threads per store (`pool`), and returns as soon as it has asked the host
+//! for I/O, so no thread waits while a store answers.
 
 mod context;
 #[allow(unsafe_code)]
 mod ffi;
 pub mod load;
+mod pool;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -151,6 +152,10 @@ impl StorePlugin {
             origins.push(origin);
         }
         origins.extend(store.allowed_origins.iter().cloned());
+        let threads = pool::PluginThreads::start(id, store.plugin_threads).map_err(|err| LoadError::Open {
+            path: meta.path.clone(),
+            reason: format!("cannot start the plugin threads: {err}"),
+        })?;
         let context = Arc::new(HostContext::new(ContextSettings {
             store_id: id.to_owned(),
             origins,
@@ -158,6 +163,7 @@ impl StorePlugin {
             http,
             http_timeout: store.http_timeout,
             runtime: tokio::runtime::Handle::current(),
+            threads,
         }));
         let config =
             proto::PluginConfig { store_id: id.to_owned(), config_json: store.config_json.clone() }.encode_to_vec();
@@ -214,6 +220,30 @@ impl StorePlugin {
 
     /// Calls `method` and waits for its completion until `deadline`.
     pub async fn call(&self, method: &'static str, request: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, CallError> {
+        self.call_with(Dispatch::PluginThreads, method, request, deadline).await
+    }
+
+    /// Like [`StorePlugin::call`], but runs the plugin's `call` entry point on
+    /// the current thread, so a benchmark can separate the ABI's own cost
+    /// from the hop to the plugin threads. Never built into the server.
+    #[cfg(feature = "bench-internals")]
+    #[doc(hidden)]
+    pub async fn call_on_current_thread(
+        &self,
+        method: &'static str,
+        request: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, CallError> {
+        self.call_with(Dispatch::CurrentThread, method, request, deadline).await
+    }
+
+    async fn call_with(
+        &self,
+        dispatch: Dispatch,
+        method: &'static str,
+        request: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, CallError> {
         let _permit = self
             .in_flight
             .clone()
@@ -221,11 +251,12 @@ impl StorePlugin {
             .map_err(|_| CallError::Overloaded { limit: self.max_in_flight })?;
         let call_id = NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed);
         let span = tracing::debug_span!("plugin_call", store = %self.id, method, call_id);
-        self.call_inner(call_id, method, request, deadline).instrument(span).await
+        self.call_inner(dispatch, call_id, method, request, deadline).instrument(span).await
     }
 
     async fn call_inner(
         &self,
+        dispatch: Dispatch,
         call_id: u64,
         method: &'static str,
         request: Vec<u8>,
@@ -235,14 +266,18 @@ impl StorePlugin {
         // If this future is dropped (the client went away) or times out, the
         // guard forgets the call and asks the plugin to cancel it.
         let mut guard = CancelOnDrop { instance: self.instance, context: self.context.clone(), call_id, armed: true };
-        let instance = self.instance;
-        let started = tokio::task::spawn_blocking(move || instance.call(call_id, method, &request))
-            .await
-            .map_err(|err| CallError::Internal(format!("plugin call thread failed: {err}")))?;
-        if started != status::OK {
-            guard.armed = false;
-            self.context.unregister(call_id);
-            return Err(CallError::Refused { status: started });
+        let (instance, context) = (self.instance, self.context.clone());
+        let start = move || {
+            let started = instance.call(call_id, method, &request);
+            if started != status::OK {
+                context.refuse(call_id, started);
+            }
+        };
+        match dispatch {
+            // Plugin code is unknown code: it never runs on a runtime worker.
+            Dispatch::PluginThreads => self.context.run_plugin_code(start),
+            #[cfg(feature = "bench-internals")]
+            Dispatch::CurrentThread => start(),
         }
         let completion = match tokio::time::timeout_at(deadline.into(), completion).await {
             Ok(Ok(completion)) => completion,
@@ -250,6 +285,9 @@ impl StorePlugin {
             Err(_) => return Err(CallError::DeadlineExceeded),
         };
         guard.armed = false;
+        if completion.refused {
+            return Err(CallError::Refused { status: completion.status });
+        }
         if completion.status == status::OK {
             return Ok(completion.payload);
         }
@@ -259,6 +297,14 @@ impl StorePlugin {
         error.message = self.context.redact(&error.message);
         Err(CallError::Failed { status: completion.status, error: Box::new(error) })
     }
+}
+
+/// Where the plugin's `call` entry point runs.
+#[derive(Debug, Clone, Copy)]
+enum Dispatch {
+    PluginThreads,
+    #[cfg(feature = "bench-internals")]
+    CurrentThread,
 }
 
 /// Forgets a call and cancels it in the plugin unless disarmed.
@@ -276,9 +322,7 @@ impl Drop for CancelOnDrop {
         }
         self.context.unregister(self.call_id);
         let (instance, call_id) = (self.instance, self.call_id);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn_blocking(move || instance.cancel(call_id));
-        }
+        self.context.run_plugin_code(move || instance.cancel(call_id));
     }
 }
 
