@@ -8,12 +8,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
 
-use crate::runtime::{Runtime, lock};
+use crate::runtime::{Runtime, lock, panicked};
 use crate::{
     Code, HostServices, HttpCallback, HttpRequest, HttpResponse, PluginError, Store, TimerCallback, abi, proto,
 };
@@ -52,7 +53,7 @@ impl KitBuilder {
     /// An origin allowed besides those of the plugin's `PluginInfo`, as an
     /// operator would add one for an emulator.
     pub fn allow_origin(mut self, origin: &str) -> Self {
-        self.extra_origins.push(origin.trim_end_matches('/').to_owned());
+        self.extra_origins.push(normalize_origin(origin));
         self
     }
 
@@ -77,9 +78,12 @@ impl KitBuilder {
         self
     }
 
-    /// Creates the store as the host would.
+    /// Creates the store as the host would. A panic in [`Store::new`] is
+    /// caught and returned as `INTERNAL` with reason `PLUGIN_PANICKED`, as the
+    /// host reports it.
     pub fn build<S: Store>(self) -> Result<Kit<S>, PluginError> {
-        let mut origins = S::info().allowed_origins;
+        let mut origins: Vec<String> =
+            S::info().allowed_origins.iter().map(|origin| normalize_origin(origin)).collect();
         origins.extend(self.extra_origins);
         let host = Arc::new(KitHost {
             handler: self.handler,
@@ -92,9 +96,15 @@ impl KitBuilder {
             logs: Mutex::default(),
         });
         let config = proto::PluginConfig { store_id: self.store_id, config_json: self.config_json };
-        let runtime = Runtime::<S>::new(&config, host.clone())?;
+        let runtime = catch_unwind(AssertUnwindSafe(|| Runtime::<S>::new(&config, host.clone())))
+            .unwrap_or_else(|panic| Err(panicked(&*panic)))?;
         Ok(Kit { runtime, host, next_call_id: AtomicU64::new(1) })
     }
+}
+
+/// An origin as the kit compares it: without a trailing `/`.
+fn normalize_origin(origin: &str) -> String {
+    origin.trim_end_matches('/').to_owned()
 }
 
 /// A store under test.
@@ -158,6 +168,16 @@ impl<S: Store> Kit<S> {
     /// Moves the clock.
     pub fn advance_clock(&self, millis: i64) {
         self.host.now.fetch_add(millis, Ordering::SeqCst);
+    }
+
+    /// The kit's clock, in milliseconds since the Unix epoch: what
+    /// [`Ctx::now_unix_millis`](crate::Ctx::now_unix_millis) answers the store.
+    /// It starts at 2026-01-01T00:00:00Z unless
+    /// [`KitBuilder::now_unix_millis`] set it, and moves with
+    /// [`advance_clock`](Kit::advance_clock) and with every timer the store
+    /// waits on.
+    pub fn now_unix_millis(&self) -> i64 {
+        self.host.now.load(Ordering::SeqCst)
     }
 
     fn call<Req: Message, Resp: Message + Default>(&self, method: &str, request: &Req) -> Result<Resp, PluginError> {
@@ -249,5 +269,114 @@ impl HostServices for KitHost {
     fn complete(&self, call_id: u64, status: abi::Status, payload: &[u8]) {
         let previous = lock(&self.completions).insert(call_id, (status, payload.to_vec()));
         assert!(previous.is_none(), "call {call_id} completed twice");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::builder;
+    use crate::{Code, Ctx, HttpRequest, HttpResponse, InitContext, PluginError, Store, abi, proto};
+
+    /// Declares origins with and without a trailing `/`; Verify fetches the
+    /// URL in `product_id` ("sleep-<millis>" waits instead). Its config can
+    /// make `new` panic: `{"panic": "str"}` with a `&str` payload,
+    /// `{"panic": "string"}` with a `String` one.
+    struct OriginStore;
+
+    impl Store for OriginStore {
+        const NAME: &'static std::ffi::CStr = c"origin_test";
+        const CAPABILITIES: u64 = abi::CAP_VERIFY;
+        type Config = serde_json::Value;
+
+        fn info() -> proto::PluginInfo {
+            proto::PluginInfo {
+                allowed_origins: vec!["https://store.example/".into(), "https://api.example:8443".into()],
+                ..Default::default()
+            }
+        }
+
+        fn new(config: Self::Config, _init: &InitContext) -> Result<Self, PluginError> {
+            match config.get("panic").and_then(serde_json::Value::as_str) {
+                Some("str") => panic!("the store cannot start"),
+                Some(other) => panic!("the store cannot start: {other}"),
+                None => Ok(OriginStore),
+            }
+        }
+
+        async fn verify(&self, cx: &Ctx, request: proto::VerifyRequest) -> Result<proto::VerifyResponse, PluginError> {
+            if let Some(millis) = request.product_id.strip_prefix("sleep-") {
+                let millis = millis.parse().map_err(|_| PluginError::invalid_argument("sleep needs millis"))?;
+                cx.sleep(Duration::from_millis(millis)).await?;
+            } else {
+                cx.http(HttpRequest::get(request.product_id)).await?;
+            }
+            Ok(proto::VerifyResponse::default())
+        }
+    }
+
+    fn fetch(kit: &super::Kit<OriginStore>, url: &str) -> Result<proto::VerifyResponse, PluginError> {
+        kit.verify(proto::VerifyRequest { product_id: url.to_owned(), ..Default::default() })
+    }
+
+    #[test]
+    fn origins_from_plugin_info_are_normalized_like_allow_origin() {
+        let kit = builder()
+            .allow_origin("http://127.0.0.1:9000/")
+            .http(|_| HttpResponse::new(200, ""))
+            .build::<OriginStore>()
+            .expect("build");
+        let allowed = [
+            "https://store.example",
+            "https://store.example/",
+            "https://store.example/purchases/1",
+            "https://store.example?x=1",
+            "https://api.example:8443/v1",
+            "http://127.0.0.1:9000/emulator",
+        ];
+        for url in allowed {
+            fetch(&kit, url).unwrap_or_else(|err| panic!("{url}: {err}"));
+        }
+        let urls: Vec<String> = kit.requests().iter().map(|request| request.url().to_owned()).collect();
+        assert_eq!(urls, allowed);
+        for url in [
+            "https://store.example.evil/purchases",
+            "https://store.examplex",
+            "http://store.example/purchases",
+            "https://api.example/v1",
+            "http://127.0.0.1:90001/",
+        ] {
+            let err = fetch(&kit, url).expect_err(url);
+            assert_eq!((err.code(), err.reason()), (Code::PermissionDenied, "ORIGIN_NOT_ALLOWED"), "{url}: {err}");
+        }
+        assert_eq!(kit.requests().len(), allowed.len(), "refused requests are never sent");
+    }
+
+    #[test]
+    fn a_panic_in_new_is_an_internal_plugin_panicked_error() {
+        for (setting, detail) in [("str", "the store cannot start"), ("string", "the store cannot start: string")] {
+            let err = builder()
+                .config_json(format!(r#"{{"panic": "{setting}"}}"#))
+                .build::<OriginStore>()
+                .expect_err("a panicking store does not build");
+            assert_eq!((err.code(), err.reason()), (Code::Internal, "PLUGIN_PANICKED"), "{err}");
+            assert_eq!(err.message(), format!("plugin panicked: {detail}"));
+        }
+        // The same builder settings without the panic build fine.
+        builder().config_json(r#"{"panic": null}"#).build::<OriginStore>().expect("build");
+    }
+
+    #[test]
+    fn the_kit_shows_its_clock() {
+        let kit = builder().build::<OriginStore>().expect("build");
+        assert_eq!(kit.now_unix_millis(), 1_767_225_600_000, "2026-01-01T00:00:00Z by default");
+        let kit = builder().now_unix_millis(1_000).build::<OriginStore>().expect("build");
+        assert_eq!(kit.now_unix_millis(), 1_000);
+        kit.advance_clock(500);
+        assert_eq!(kit.now_unix_millis(), 1_500);
+        // A timer the store waits on moves the clock, with no real wait.
+        fetch(&kit, "sleep-60000").expect("sleep");
+        assert_eq!(kit.now_unix_millis(), 61_500);
     }
 }

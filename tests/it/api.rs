@@ -338,3 +338,74 @@ async fn concurrent_verifies_all_succeed() {
         assert_eq!(call.await.unwrap().unwrap(), Verdict::Valid);
     }
 }
+
+#[tokio::test]
+async fn load_beyond_the_limits_is_shed_with_resource_exhausted() {
+    // (env, expected ErrorInfo): the server-wide limit sheds in the tower
+    // stack; the per-store limit is the store's bulkhead.
+    let cases = [
+        (("IAPD_SERVER__MAX_CONCURRENT_REQUESTS", "2"), None),
+        (("IAPD_STORES__SANDBOX__MAX_IN_FLIGHT", "2"), Some(("STORE_OVERLOADED".to_owned(), "iapd".to_owned()))),
+    ];
+    for (env, expected_info) in cases {
+        let server = Server::start(None, &[env]);
+        let client = server.client().await;
+        let calls: Vec<_> = (0..8)
+            .map(|index| {
+                let mut client = client.clone();
+                tokio::spawn(async move {
+                    client.verify(verify("sandbox", "coins_100", &format!("slow-700-{index}"))).await
+                })
+            })
+            .collect();
+        let mut shed = Vec::new();
+        let mut served = 0;
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(_) => served += 1,
+                Err(status) => shed.push(status),
+            }
+        }
+        assert!(served >= 2, "{env:?}: the first calls are served ({served})");
+        assert!(!shed.is_empty(), "{env:?}: calls beyond the limit are shed");
+        for status in &shed {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{env:?}: {}", status.message());
+            if let Some(info) = &expected_info {
+                assert_eq!(error_info(status).as_ref(), Some(info));
+                assert!(status.get_error_details().retry_info().is_some(), "retry after a delay");
+            }
+        }
+        // Once the load is gone, calls are served again.
+        let mut client = server.client().await;
+        client.verify(verify("sandbox", "coins_100", &unique("purchased"))).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn oversized_messages_are_refused_and_the_server_keeps_serving() {
+    let server = Server::start(None, &[]);
+    let mut client = server.client().await;
+    let mut request = verify("sandbox", "coins_100", "purchased");
+    // Over server.max_message_bytes (2 MiB by default).
+    request.proof = Some(pb::PurchaseProof {
+        proof: Some(pb::purchase_proof::Proof::Receipt("r".repeat(3 * 1024 * 1024))),
+        store_parameters: Default::default(),
+    });
+    let status = client.verify(request).await.unwrap_err();
+    assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted), "{status:?}");
+    // Within the message limit, over the receipt field's own bound (1 MiB).
+    let mut request = verify("sandbox", "coins_100", "purchased");
+    request.proof = Some(pb::PurchaseProof {
+        proof: Some(pb::purchase_proof::Proof::Receipt("r".repeat(1024 * 1024 + 1))),
+        store_parameters: Default::default(),
+    });
+    let status = client.verify(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("proof.receipt: is 1048577 bytes, at most 1048576 allowed"),
+        "{}",
+        status.message()
+    );
+    let answer = client.verify(verify("sandbox", "coins_100", &unique("purchased"))).await.unwrap().into_inner();
+    assert_eq!(answer.verdict(), Verdict::Valid);
+}

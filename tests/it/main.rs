@@ -11,4 +11,5 @@ mod grpcurl; // the README's grpcurl examples, reflection and health, run litera
 mod in_process; // the server as a library: serve() on port 0 with a shutdown future
 mod invariants; // architecture invariants from ARCHITECTURE.md
 mod proto_lint; // buf lint on the public API
+mod python_client; // a Python client generated with grpcio-tools
 mod support;

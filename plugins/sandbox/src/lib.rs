@@ -7,7 +7,7 @@
 //! |------------------------|-------------------------------------------------------|
 //! | `purchased-…`          | VALID, not yet acknowledged or consumed                |
 //! | `acknowledged-…`       | VALID, already acknowledged                            |
-//! | `consumed-…`           | VALID, already consumed (consumables only)             |
+//! | `consumed-…`           | VALID, already consumed (consumables); already acknowledged (other kinds) |
 //! | `pending-…`            | PENDING                                                |
 //! | `canceled-…`           | CANCELED                                               |
 //! | `refunded-…`           | REFUNDED                                               |
@@ -22,7 +22,14 @@
 //! `purchased` works too. The product id must be in the catalog (ListItems);
 //! its kind decides what can be consumed. Acknowledge and Consume change state
 //! in memory, as the real stores do: consuming twice says it was already done,
-//! acknowledging a consumed purchase is the store's invalid-state error.
+//! acknowledging a consumed purchase is the store's invalid-state error, and an
+//! `invalid-…` purchase (not a real one) can be neither acknowledged nor
+//! consumed. An `expired-…` subscription is a real purchase that has ended: it
+//! can still be acknowledged.
+//!
+//! Purchase times are deterministic per token and lie in the first 180 days of
+//! 2025, so they are always in the past, and an `expired-…` subscription
+//! expired 30 days after its purchase.
 
 #![forbid(unsafe_code)]
 
@@ -184,8 +191,15 @@ fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
-const JANUARY_2026_MILLIS: i64 = 1_767_225_600_000;
+/// 2025-01-01T00:00:00Z: purchase times are this plus up to 179 days, so they
+/// are in the past on any clock after mid-2025.
+const JANUARY_2025_MILLIS: i64 = 1_735_689_600_000;
 const DAY_MILLIS: i64 = 86_400_000;
+
+/// The deterministic purchase time of a token (its hash picks the day).
+fn purchase_time_of(hash: u64) -> i64 {
+    JANUARY_2025_MILLIS + i64::try_from(hash % 180).unwrap_or(0) * DAY_MILLIS
+}
 
 /// A purchase the sandbox store knows, or why it does not.
 enum Lookup {
@@ -211,11 +225,14 @@ impl Sandbox {
         Ok(Lookup::Found { outcome, entry, key: (app_id.to_owned(), product_id.to_owned(), token.to_owned()) })
     }
 
-    fn flags(&self, key: &(String, String, String), outcome: &Outcome) -> Flags {
+    /// The purchase's flags: as changed by Acknowledge and Consume, or as the
+    /// token starts. Only a consumable can be consumed: `consumed-…` on any
+    /// other kind starts acknowledged, like `acknowledged-…`.
+    fn flags(&self, key: &(String, String, String), outcome: &Outcome, kind: ProductKind) -> Flags {
         let stored = self.states.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied();
         stored.unwrap_or(Flags {
             acknowledged: matches!(outcome, Outcome::Acknowledged | Outcome::Consumed),
-            consumed: *outcome == Outcome::Consumed,
+            consumed: *outcome == Outcome::Consumed && kind == ProductKind::Consumable,
         })
     }
 
@@ -272,9 +289,9 @@ impl Store for Sandbox {
             }
             Lookup::Found { outcome, entry, key } => (outcome, entry, key),
         };
-        let flags = self.flags(&key, &outcome);
+        let flags = self.flags(&key, &outcome, entry.kind);
         let hash = fnv1a(token);
-        let purchase_time = JANUARY_2026_MILLIS + i64::try_from(hash % 180).unwrap_or(0) * DAY_MILLIS;
+        let purchase_time = purchase_time_of(hash);
         let subscription = entry.kind == ProductKind::Subscription;
         let expiry_time = match (subscription, &outcome) {
             (false, _) => 0,
@@ -338,8 +355,8 @@ impl Store for Sandbox {
         request: proto::AcknowledgeRequest,
     ) -> Result<proto::AcknowledgeResponse, PluginError> {
         let token = token_of(request.proof.as_ref())?;
-        let (outcome, key) = self.found(cx, &request.app_id, &request.product_id, token).await?;
-        let mut flags = self.flags(&key, &outcome);
+        let (outcome, entry, key) = self.found(cx, &request.app_id, &request.product_id, token).await?;
+        let mut flags = self.flags(&key, &outcome, entry.kind);
         if flags.consumed {
             return Err(PluginError::failed_precondition("purchase is consumed and cannot be acknowledged")
                 .with_reason("PURCHASE_CONSUMED"));
@@ -354,16 +371,15 @@ impl Store for Sandbox {
 
     async fn consume(&self, cx: &Ctx, request: proto::ConsumeRequest) -> Result<proto::ConsumeResponse, PluginError> {
         let token = token_of(request.proof.as_ref())?;
-        let (outcome, key) = self.found(cx, &request.app_id, &request.product_id, token).await?;
-        let kind = CATALOG.iter().find(|entry| entry.product_id == request.product_id).map(|entry| entry.kind);
-        if kind != Some(ProductKind::Consumable) {
+        let (outcome, entry, key) = self.found(cx, &request.app_id, &request.product_id, token).await?;
+        if entry.kind != ProductKind::Consumable {
             return Err(PluginError::failed_precondition(format!(
                 "product `{}` is not consumable",
                 request.product_id
             ))
             .with_reason("PRODUCT_NOT_CONSUMABLE"));
         }
-        let mut flags = self.flags(&key, &outcome);
+        let mut flags = self.flags(&key, &outcome, entry.kind);
         if flags.consumed {
             return Ok(proto::ConsumeResponse { already_consumed: true });
         }
@@ -380,16 +396,21 @@ impl Store for Sandbox {
     ) -> Result<proto::ListItemsResponse, PluginError> {
         const DEFAULT_PAGE_SIZE: usize = 50;
         let wanted = ProductKind::try_from(request.kind).unwrap_or(ProductKind::Unspecified);
+        // Tokens this store issues are plain decimal offsets: `parse` alone
+        // would also take a sign (`+2`).
         let offset: usize = if request.page_token.is_empty() {
             0
         } else {
-            request.page_token.parse().map_err(|_| {
-                PluginError::invalid_argument(format!(
-                    "page_token: `{}` is not a token this store issued",
-                    request.page_token
-                ))
-                .with_reason("INVALID_PAGE_TOKEN")
-            })?
+            Some(&request.page_token)
+                .filter(|token| token.bytes().all(|byte| byte.is_ascii_digit()))
+                .and_then(|token| token.parse().ok())
+                .ok_or_else(|| {
+                    PluginError::invalid_argument(format!(
+                        "page_token: `{}` is not a token this store issued",
+                        request.page_token
+                    ))
+                    .with_reason("INVALID_PAGE_TOKEN")
+                })?
         };
         let page_size = usize::try_from(request.page_size).ok().filter(|&size| size > 0).unwrap_or(DEFAULT_PAGE_SIZE);
         let matching: Vec<&CatalogEntry> =
@@ -415,18 +436,23 @@ impl Store for Sandbox {
 }
 
 impl Sandbox {
-    /// Like `lookup`, for operations that need an existing, paid purchase.
+    /// Like `lookup`, for operations that need an existing, real, paid
+    /// purchase.
     async fn found(
         &self,
         cx: &Ctx,
         app_id: &str,
         product_id: &str,
         token: &str,
-    ) -> Result<(Outcome, (String, String, String)), PluginError> {
+    ) -> Result<(Outcome, &'static CatalogEntry, (String, String, String)), PluginError> {
         match self.lookup(cx, app_id, product_id, token).await? {
             Lookup::NotFound(reason) => Err(PluginError::not_found(reason).with_reason("PURCHASE_NOT_FOUND")),
-            Lookup::Found { outcome, key, .. } => match purchase_state(&outcome) {
-                PurchaseState::Purchased => Ok((outcome, key)),
+            Lookup::Found { outcome: Outcome::Invalid, .. } => Err(PluginError::failed_precondition(
+                "purchase is invalid (its token does not verify) and cannot be acknowledged or consumed",
+            )
+            .with_reason("INVALID_PURCHASE")),
+            Lookup::Found { outcome, entry, key } => match purchase_state(&outcome) {
+                PurchaseState::Purchased => Ok((outcome, entry, key)),
                 state => Err(PluginError::failed_precondition(format!(
                     "purchase is {} and cannot change",
                     state.as_str_name().trim_start_matches("PURCHASE_STATE_").to_lowercase()

@@ -10,7 +10,7 @@ use iapd_sdk_plugin::proto::{
 };
 use iapd_sdk_plugin::{Code, PluginError, Store};
 
-use super::{DAY_MILLIS, JANUARY_2026_MILLIS, Sandbox};
+use super::{DAY_MILLIS, JANUARY_2025_MILLIS, Sandbox};
 
 const APP: &str = "com.example.game";
 /// The kit's default clock: 2026-01-01T00:00:00Z.
@@ -125,6 +125,9 @@ const VERIFY_TABLE: &[Row] = &[
     row("acknowledged-1", "coins_100",   Verdict::Valid,    State::Purchased, Consumption::NotConsumed,   Ack::Acknowledged),
     row("acknowledged",   "vip_yearly",  Verdict::Valid,    State::Purchased, Consumption::NotApplicable, Ack::Acknowledged),
     row("consumed-1",     "coins_500",   Verdict::Valid,    State::Purchased, Consumption::Consumed,      Ack::Acknowledged),
+    // Only a consumable can be consumed: on other kinds `consumed` is `acknowledged`.
+    row("consumed-2",     "remove_ads",  Verdict::Valid,    State::Purchased, Consumption::NotApplicable, Ack::Acknowledged),
+    row("consumed",       "vip_monthly", Verdict::Valid,    State::Purchased, Consumption::NotApplicable, Ack::Acknowledged),
     row("pending-1",      "coins_100",   Verdict::Pending,  State::Pending,   Consumption::NotConsumed,   Ack::NotAcknowledged),
     row("pending",        "vip_monthly", Verdict::Pending,  State::Pending,   Consumption::NotApplicable, Ack::NotAcknowledged),
     row("canceled-1",     "remove_ads",  Verdict::Canceled, State::Canceled,  Consumption::NotApplicable, Ack::NotAcknowledged),
@@ -169,9 +172,10 @@ fn verify_answers_every_outcome_of_the_table() {
             purchase.order_id
         );
         assert!(
-            (JANUARY_2026_MILLIS..JANUARY_2026_MILLIS + 180 * DAY_MILLIS).contains(&purchase.purchase_time_unix_millis),
+            (JANUARY_2025_MILLIS..JANUARY_2025_MILLIS + 180 * DAY_MILLIS).contains(&purchase.purchase_time_unix_millis),
             "{what}: purchase time"
         );
+        assert!(purchase.purchase_time_unix_millis < KIT_NOW, "{what}: purchase time in the past");
         let raw: serde_json::Value = serde_json::from_str(&purchase.raw_store_response).expect("raw response is json");
         assert_eq!(raw["token"], row.token, "{what}: raw response");
         assert_eq!(raw["productId"], row.product, "{what}: raw response");
@@ -215,6 +219,45 @@ fn expiry_times_follow_the_kind_and_the_clock() {
     let expired = verify(&kit, "vip_monthly", "expired-1").expect("verify");
     let expired = purchase(&expired);
     assert_eq!(expired.expiry_time_unix_millis, expired.purchase_time_unix_millis + 30 * DAY_MILLIS);
+}
+
+/// The real clock, for checks that must hold on any machine.
+fn real_now_millis() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
+    i64::try_from(since_epoch.as_millis()).expect("millis fit")
+}
+
+#[test]
+fn purchase_times_lie_in_the_past_and_expired_subscriptions_have_expired() {
+    let kit = kit();
+    // Every day of the 180 is reached by some token; none is in the future.
+    let mut days = std::collections::BTreeSet::new();
+    for n in 0..2_000 {
+        let token = format!("expired-{n}");
+        let response = verify(&kit, "vip_monthly", &token).expect("verify");
+        assert_eq!(response.verdict(), Verdict::Expired, "{token}");
+        let subscription = purchase(&response);
+        let bought = subscription.purchase_time_unix_millis;
+        assert!((JANUARY_2025_MILLIS..JANUARY_2025_MILLIS + 180 * DAY_MILLIS).contains(&bought), "{token}: {bought}");
+        assert_eq!((bought - JANUARY_2025_MILLIS) % DAY_MILLIS, 0, "{token}: midnight");
+        days.insert((bought - JANUARY_2025_MILLIS) / DAY_MILLIS);
+        let expiry = subscription.expiry_time_unix_millis;
+        assert_eq!(expiry, bought + 30 * DAY_MILLIS, "{token}");
+        for now in [KIT_NOW, real_now_millis()] {
+            assert!(bought < now && expiry < now, "{token}: bought {bought}, expired {expiry}, now {now}");
+        }
+        let again = verify(&kit, "coins_100", &format!("purchased-{n}")).expect("verify");
+        assert!(purchase(&again).purchase_time_unix_millis < real_now_millis(), "purchased-{n}");
+    }
+    assert_eq!(days.len(), 180, "the hash spreads purchases over every day");
+    // Deterministic per token, whatever the clock says.
+    let later = kit::builder().now_unix_millis(KIT_NOW + 400 * DAY_MILLIS).build::<Sandbox>().expect("build");
+    for token in ["purchased-x", "expired-y", "refunded-z"] {
+        let here = verify(&kit, "vip_yearly", token).expect("verify");
+        let there = verify(&later, "vip_yearly", token).expect("verify");
+        assert_eq!(purchase(&here).purchase_time_unix_millis, purchase(&there).purchase_time_unix_millis, "{token}");
+        assert_eq!(purchase(&here).order_id, purchase(&there).order_id, "{token}");
+    }
 }
 
 #[test]
@@ -449,6 +492,63 @@ fn unpaid_purchases_cannot_change_state() {
 }
 
 #[test]
+fn invalid_purchases_cannot_be_acknowledged_or_consumed() {
+    let kit = kit();
+    for product in ["coins_100", "remove_ads", "vip_monthly"] {
+        for token in ["invalid", "invalid-1"] {
+            for result in [acknowledge(&kit, product, token).map(drop), consume(&kit, product, token).map(drop)] {
+                let err = assert_error(result, Code::FailedPrecondition, "INVALID_PURCHASE");
+                assert_eq!(err.message(), err.message().to_lowercase(), "{product} / {token}: lowercase message");
+                assert!(err.message().contains("invalid"), "{product} / {token}: {err}");
+                assert!(!err.to_proto().retryable, "{product} / {token}: retrying cannot help");
+            }
+            let after = verify(&kit, product, token).expect("verify");
+            assert_eq!(after.verdict(), Verdict::Invalid, "{product} / {token}");
+            assert_eq!(purchase(&after).acknowledgement_state(), Ack::NotAcknowledged, "nothing changed: {product}");
+        }
+    }
+    // A product the store does not sell is not found first, as in Verify.
+    assert_error(acknowledge(&kit, "no_such_product", "invalid-1"), Code::NotFound, "PURCHASE_NOT_FOUND");
+    assert_error(consume(&kit, "no_such_product", "invalid-1"), Code::NotFound, "PURCHASE_NOT_FOUND");
+}
+
+#[test]
+fn expired_subscriptions_can_be_acknowledged_but_not_consumed() {
+    let kit = kit();
+    for product in ["vip_monthly", "vip_yearly"] {
+        let first = acknowledge(&kit, product, "expired-ack").expect("an ended purchase is still a real one");
+        assert!(!first.already_acknowledged, "{product}");
+        assert!(acknowledge(&kit, product, "expired-ack").expect("again").already_acknowledged, "{product}");
+        let after = verify(&kit, product, "expired-ack").expect("verify");
+        assert_eq!(after.verdict(), Verdict::Expired, "{product}");
+        assert_eq!(purchase(&after).acknowledgement_state(), Ack::Acknowledged, "{product}");
+        assert_error(consume(&kit, product, "expired-ack"), Code::FailedPrecondition, "PRODUCT_NOT_CONSUMABLE");
+    }
+    // On other kinds `expired` is a plain valid purchase.
+    assert!(!consume(&kit, "coins_100", "expired-1").expect("consume").already_consumed);
+    assert!(!acknowledge(&kit, "remove_ads", "expired-1").expect("acknowledge").already_acknowledged);
+}
+
+#[test]
+fn consumed_tokens_on_other_kinds_are_acknowledged_and_verify_agrees() {
+    let kit = kit();
+    for product in ["remove_ads", "level_pack", "vip_monthly", "vip_yearly"] {
+        let before = verify(&kit, product, "consumed-9").expect("verify");
+        let bought = purchase(&before);
+        assert_eq!(before.verdict(), Verdict::Valid, "{product}");
+        assert_eq!(bought.consumption_state(), Consumption::NotApplicable, "{product}");
+        assert_eq!(bought.acknowledgement_state(), Ack::Acknowledged, "{product}");
+        let raw: serde_json::Value = serde_json::from_str(&bought.raw_store_response).expect("json");
+        assert_eq!((&raw["acknowledged"], &raw["consumed"]), (&true.into(), &false.into()), "{product}");
+        // Acknowledge agrees with Verify: already acknowledged, not consumed.
+        assert!(acknowledge(&kit, product, "consumed-9").expect("acknowledge").already_acknowledged, "{product}");
+        assert_error(consume(&kit, product, "consumed-9"), Code::FailedPrecondition, "PRODUCT_NOT_CONSUMABLE");
+        let after = verify(&kit, product, "consumed-9").expect("verify");
+        assert_eq!(after, before, "{product}: nothing changed");
+    }
+}
+
+#[test]
 fn unknown_purchases_cannot_be_acknowledged_or_consumed() {
     let kit = kit();
     for (product, token) in
@@ -557,10 +657,24 @@ fn list_items_describes_each_item() {
 #[test]
 fn list_items_refuses_page_tokens_it_did_not_issue() {
     let kit = kit();
-    for token in ["abc", "-1", "2.0", " 2", "0x2", "99999999999999999999999"] {
+    #[rustfmt::skip]
+    let tokens = [
+        "abc", "-1", "-0", "+2", "+0", "2.0", " 2", "2 ", "\t2", "2\n", "0x2", "1_0", "1e1", "\u{ff12}",
+        "99999999999999999999999",
+    ];
+    for token in tokens {
         let err =
             assert_error(list(&kit, ProductKind::Unspecified, 2, token), Code::InvalidArgument, "INVALID_PAGE_TOKEN");
         assert!(err.message().starts_with("page_token: "), "{err}");
+    }
+}
+
+#[test]
+fn list_items_takes_any_plain_decimal_offset() {
+    let kit = kit();
+    for (token, first) in [("0", "coins_100"), ("00", "coins_100"), ("2", "remove_ads"), ("004", "vip_monthly")] {
+        let page = list(&kit, ProductKind::Unspecified, 1, token).unwrap_or_else(|err| panic!("{token}: {err}"));
+        assert_eq!(ids(&page), [first], "{token}");
     }
 }
 

@@ -163,8 +163,9 @@ mod tests {
         kit::builder().build::<Faulty>().expect("default config");
         let err = kit::builder().config_json(r#"{"typo": true}"#).build::<Faulty>().expect_err("typo");
         assert_eq!(err.code(), Code::InvalidArgument);
-        let panicked =
-            std::panic::catch_unwind(|| kit::builder().config_json(r#"{"panic_in_new": true}"#).build::<Faulty>());
-        assert!(panicked.is_err(), "Store::new panics (the kit does not catch it; the ffi shim does)");
+        // Like the real host, the kit turns a panic in Store::new into an error.
+        let err = kit::builder().config_json(r#"{"panic_in_new": true}"#).build::<Faulty>().expect_err("panics");
+        assert_eq!((err.code(), err.reason()), (Code::Internal, "PLUGIN_PANICKED"));
+        assert!(err.message().contains("faulty plugin panicked in new on purpose"), "{}", err.message());
     }
 }
