@@ -105,8 +105,8 @@ async fn abi_overhead() {
         }
         assert_eq!(answer.verdict(), plugin::Verdict::Valid);
     }
-    // The host runs plugin code on the blocking pool, never on a runtime
-    // worker: measure that hop alone, with an empty closure.
+    // For reference: the cost of tokio's blocking-pool round trip, which the
+    // host used to dispatch plugin calls before it had its own threads.
     let mut hop = Vec::with_capacity(CALLS);
     for index in 0..CALLS + 5_000 {
         let started = Instant::now();
@@ -129,7 +129,10 @@ async fn abi_overhead() {
         "| through the C ABI, plugin called on this thread | {inline_median:?} | {:?} |",
         percentile(&inline, 0.99)
     );
-    println!("| blocking-pool hop alone (empty closure) | {hop_median:?} | {:?} |", percentile(&hop, 0.99));
+    println!(
+        "| reference: tokio `spawn_blocking` round trip, empty closure | {hop_median:?} | {:?} |",
+        percentile(&hop, 0.99)
+    );
     println!(
         "ABI crossing overhead (C ABI on this thread - direct, medians): {:?}",
         inline_median.saturating_sub(direct_median)
@@ -271,6 +274,12 @@ async fn throughput() {
     );
     // The machine's speed drifts (a shared VM): pairs measured back to back,
     // many of them, and the median ratio, are steadier than long rounds.
+    if let Ok(seconds) = std::env::var("BENCH_PROFILE_IAPD_SECONDS") {
+        // Load on iapd alone, for a profiler.
+        let (rps, cpu) = measure_rps(iapd_address, seconds.parse().unwrap_or(10)).await;
+        println!("iapd alone: {rps:.0} req/s, {cpu:?} CPU per request");
+        return;
+    }
     let _ = measure_rps(bare_address, 1).await; // warm both up
     let _ = measure_rps(iapd_address, 1).await;
     let mut pairs = Vec::new();
