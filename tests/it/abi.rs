@@ -38,9 +38,9 @@ async fn a_plugin_written_in_c_loads_and_serves_verify() {
 }
 
 /// Starts a server whose only store is the C fixture, expecting a refusal.
-fn refused(fixture: &str, envs: &[(&str, &str)]) -> (String, std::path::PathBuf) {
+fn refused(fixture: &str, flags: &[&str], envs: &[(&str, &str)]) -> (String, std::path::PathBuf) {
     let sandbox = Sandbox::new();
-    let path = sandbox.compile_c_plugin(fixture, "libfixture.so");
+    let path = sandbox.compile_c_plugin_with(fixture, "libfixture.so", flags);
     let config = sandbox.write_config("[stores.fixture]\nplugin = \"libfixture.so\"\n");
     let logs = match Server::try_start(Some(&config), envs) {
         Ok(_) => panic!("{fixture} was loaded but must be refused"),
@@ -56,7 +56,7 @@ fn a_plugin_for_abi_major_2_is_refused_before_any_of_its_code_runs() {
     let marker_dir = tempfile::tempdir().unwrap();
     let marker = marker_dir.path().join("constructor-ran");
     let marker_text = marker.display().to_string();
-    let (logs, _) = refused("abi_v2.c", &[("ABI_TEST_MARKER", &marker_text)]);
+    let (logs, _) = refused("abi_v2.c", &[], &[("ABI_TEST_MARKER", &marker_text)]);
     assert!(logs.contains("built for plugin ABI v2 (exports `iapd_plugin_v2`)"), "{logs}");
     assert!(logs.contains("this server supports v1"), "{logs}");
     assert!(!marker.exists(), "the v2 library's constructor ran: it was loaded");
@@ -78,17 +78,26 @@ fn a_plugin_for_abi_major_2_is_refused_before_any_of_its_code_runs() {
 
 #[test]
 fn refusals_name_the_found_and_expected_values() {
-    let cases = [
-        ("newer_minor.c", "needs host ABI >= 1.7, this server provides 1.0"),
-        ("bad_magic.c", "bad magic: found 0xdeadbeef, expected 0x44504149"),
-        ("major_mismatch.c", "ABI major mismatch: found 2, expected 1"),
-        ("missing_symbol.c", "missing symbol `iapd_plugin_v1`"),
+    // (fixture, compiler flags choosing the defect, expected refusal)
+    let cases: [(&str, &[&str], &str); 4] = [
+        (
+            "bad_descriptor.c",
+            &["-DABI_MINOR=7", "-DMIN_HOST_MINOR=7"],
+            "needs host ABI >= 1.7, this server provides 1.0",
+        ),
+        ("bad_descriptor.c", &["-DMAGIC=0xDEADBEEFu"], "bad magic: found 0xdeadbeef, expected 0x44504149"),
+        ("bad_descriptor.c", &["-DABI_MAJOR=2"], "ABI major mismatch: found 2, expected 1"),
+        ("missing_symbol.c", &[], "missing symbol `iapd_plugin_v1`"),
     ];
-    for (fixture, expected) in cases {
-        let (logs, _) = refused(fixture, &[]);
-        assert!(logs.contains(expected), "{fixture}: expected `{expected}` in:\n{logs}");
+    for (fixture, flags, expected) in cases {
+        let (logs, _) = refused(fixture, flags, &[]);
+        assert!(logs.contains(expected), "{fixture} {flags:?}: expected `{expected}` in:\n{logs}");
         assert!(logs.contains("store `fixture`"), "{fixture}: names the store:\n{logs}");
     }
+    // Control: with no defect selected, the same fixture passes every
+    // descriptor check and is refused only later, by its stub `describe`.
+    let (logs, _) = refused("bad_descriptor.c", &[], &[]);
+    assert!(logs.contains("describe failed with status 12"), "{logs}");
 }
 
 /// A server with the sandbox and the faulty test plugin side by side.

@@ -60,9 +60,16 @@ impl Sandbox {
 
     /// Compiles a C fixture from tests/fixtures/c into the plugins folder.
     pub fn compile_c_plugin(&self, fixture: &str, file_name: &str) -> PathBuf {
+        self.compile_c_plugin_with(fixture, file_name, &[])
+    }
+
+    /// Like `compile_c_plugin`, with extra compiler flags (such as `-D`).
+    pub fn compile_c_plugin_with(&self, fixture: &str, file_name: &str, flags: &[&str]) -> PathBuf {
         let source = root().join("tests/fixtures/c").join(fixture);
         let output = self.plugins_dir().join(file_name);
-        compile_c(&source, &output, &["-shared", "-fPIC"]);
+        let mut args = vec!["-shared", "-fPIC"];
+        args.extend_from_slice(flags);
+        compile_c(&source, &output, &args);
         output
     }
 
