@@ -34,6 +34,15 @@ async fn serve_runs_on_port_zero_and_stops_on_its_shutdown_future() {
     assert!(client.verify(request).await.is_err());
     let store = host.store("sandbox").unwrap();
     assert_eq!(store.calls_in_flight(), 0, "the timed-out call was forgotten");
+    // The plugin still completes it (its timer ends just after the deadline):
+    // that late completion reaches no caller and is counted.
+    let counters = store.counters();
+    let started = std::time::Instant::now();
+    while counters.stray_completions.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the late completion never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(counters.stray_completions.load(std::sync::atomic::Ordering::Relaxed), 1);
 
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), server)
