@@ -73,6 +73,13 @@ fn reflection_v1_and_health_per_store() {
     // grpcurl tries reflection v1 first; -use-reflection is the default.
     let (ok, output) = run(&format!("grpcurl -plaintext {address} describe iapd.v1.Verdict"));
     assert!(ok && output.contains("VERDICT_NOT_FOUND = 5;"), "{output}");
+    // Both reflection versions answer, each called explicitly.
+    for version in ["v1", "v1alpha"] {
+        let (ok, output) = run(&format!(
+            "grpcurl -plaintext -d '{{\"list_services\": \"\"}}' {address} grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+        ));
+        assert!(ok && output.contains("\"name\": \"iapd.v1.PurchaseService\""), "reflection {version}:\n{output}");
+    }
     let (ok, output) = run(&format!(
         "grpcurl -plaintext -d '{{\"service\": \"iapd.v1.PurchaseService/nope\"}}' {address} grpc.health.v1.Health/Check"
     ));
