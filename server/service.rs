@@ -105,11 +105,12 @@ impl PurchaseService for PurchaseApi {
         validate::user_id(&request.user_id)?;
         let origin =
             convert::Origin { store: &request.store, app_id: &request.app_id, product_id: &request.product_id };
+        // The proof and user id move; the ids are still needed for the answer.
         let plugin_request = plugin::VerifyRequest {
             app_id: request.app_id.clone(),
             product_id: request.product_id.clone(),
-            proof: request.proof.clone().map(convert::proof),
-            user_id: request.user_id.clone(),
+            proof: request.proof.map(convert::proof),
+            user_id: request.user_id,
         };
         let answer: plugin::VerifyResponse =
             self.call(store, (abi::CAP_VERIFY, "Verify"), abi::method::VERIFY, plugin_request, deadline).await?;
@@ -161,15 +162,7 @@ impl PurchaseService for PurchaseApi {
         let deadline = self.deadline(&request);
         let request = request.into_inner();
         let store = self.store(&request.store)?;
-        validate::store(&request.store)?;
-        if request.app_id.is_empty() {
-            return Err(ApiError::InvalidArgument {
-                field: "app_id".to_owned(),
-                description: "is required".to_owned(),
-            }
-            .into());
-        }
-        validate::app_and_product(&request.app_id, "-")?;
+        validate::app_id(&request.app_id)?;
         validate::kind(request.kind)?;
         validate::paging(request.page_size, &request.page_token)?;
         let plugin_request = plugin::ListItemsRequest {

@@ -42,8 +42,12 @@ pub(crate) fn store(value: &str) -> Result<(), ApiError> {
     required("store", value, 64)
 }
 
+pub(crate) fn app_id(value: &str) -> Result<(), ApiError> {
+    required("app_id", value, MAX_ID)
+}
+
 pub(crate) fn app_and_product(app_id: &str, product_id: &str) -> Result<(), ApiError> {
-    required("app_id", app_id, MAX_ID)?;
+    self::app_id(app_id)?;
     required("product_id", product_id, MAX_ID)
 }
 

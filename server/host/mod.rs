@@ -122,7 +122,7 @@ pub struct StorePlugin {
     meta: PluginMeta,
     instance: ffi::InstanceHandle,
     context: Arc<HostContext>,
-    in_flight: Arc<Semaphore>,
+    in_flight: Semaphore,
     max_in_flight: usize,
 }
 
@@ -188,7 +188,7 @@ impl StorePlugin {
             meta,
             instance,
             context,
-            in_flight: Arc::new(Semaphore::new(store.max_in_flight)),
+            in_flight: Semaphore::new(store.max_in_flight),
             max_in_flight: store.max_in_flight,
         })
     }
@@ -244,11 +244,7 @@ impl StorePlugin {
         request: Vec<u8>,
         deadline: Instant,
     ) -> Result<Vec<u8>, CallError> {
-        let _permit = self
-            .in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| CallError::Overloaded { limit: self.max_in_flight })?;
+        let _permit = self.in_flight.try_acquire().map_err(|_| CallError::Overloaded { limit: self.max_in_flight })?;
         let call_id = NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed);
         let span = tracing::debug_span!("plugin_call", store = %self.id, method, call_id);
         self.call_inner(dispatch, call_id, method, request, deadline).instrument(span).await
