@@ -177,6 +177,26 @@ impl PluginError {
         &self.reason
     }
 
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// How long to wait before retrying, when the store said so.
+    pub fn retry_after_delay(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The HTTP status the store answered with; 0 if none.
+    pub fn http_status(&self) -> u16 {
+        self.upstream_http_status
+    }
+
+    /// The `ErrorInfo.metadata` entries.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
     /// The wire form.
     pub fn to_proto(&self) -> proto::PluginError {
         proto::PluginError {

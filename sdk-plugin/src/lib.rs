@@ -67,6 +67,7 @@ pub mod ffi;
 mod http;
 pub mod kit;
 mod runtime;
+pub mod sync;
 
 use std::ffi::CStr;
 use std::fmt;

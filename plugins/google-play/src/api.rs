@@ -1,0 +1,225 @@
+//! Talking to the Android Publisher API: auth on every request, one token
+//! refresh after a 401, retries with backoff for what Google says to retry
+//! (409 `concurrentUpdate`, 429, 5xx), and Google's error envelope.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use iapd_sdk_plugin::log;
+use iapd_sdk_plugin::prelude::*;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+
+use crate::auth::TokenSource;
+
+/// How transient failures are retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Retry {
+    /// Attempts in all, the first included.
+    pub(crate) max_attempts: usize,
+    /// The first backoff; each next one doubles, with jitter.
+    pub(crate) initial_backoff_ms: u64,
+    /// The longest backoff.
+    pub(crate) max_backoff_ms: u64,
+    /// A `Retry-After` longer than this is not waited out: the call fails
+    /// with RESOURCE_EXHAUSTED and the delay in `RetryInfo`.
+    pub(crate) max_retry_after_ms: u64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { max_attempts: 4, initial_backoff_ms: 100, max_backoff_ms: 2_000, max_retry_after_ms: 5_000 }
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or the retries run out.
+/// Retryable errors are those marked so ([`transient_error`]); a
+/// `Retry-After` replaces the backoff.
+pub(crate) async fn with_retries<T, F, Fut>(cx: &Ctx, retry: &Retry, what: &str, attempt: F) -> Result<T, PluginError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, PluginError>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(retry.initial_backoff_ms))
+        .with_max_delay(Duration::from_millis(retry.max_backoff_ms))
+        .with_max_times(retry.max_attempts.saturating_sub(1))
+        .with_jitter();
+    let sleeper = cx.clone();
+    let max_retry_after = Duration::from_millis(retry.max_retry_after_ms);
+    attempt
+        .retry(backoff)
+        .sleep(move |delay| {
+            let cx = sleeper.clone();
+            // A failed sleep means the call's deadline passed; the next
+            // attempt then fails with DEADLINE_EXCEEDED on its own.
+            async move { drop(cx.sleep(delay).await) }
+        })
+        .when(PluginError::is_retryable)
+        .adjust(move |err, backoff| match (err.retry_after_delay(), backoff) {
+            (Some(asked), Some(_)) if asked > max_retry_after => None,
+            (Some(asked), Some(_)) => Some(asked),
+            (None, backoff) => backoff,
+            (Some(_), None) => None,
+        })
+        .notify(|err, delay| {
+            cx.log(log::Level::Info, &format!("{what}: retrying in {} ms after {err}", delay.as_millis()))
+        })
+        .await
+}
+
+/// The error for an answer worth retrying: 409, 429 or 5xx.
+pub(crate) fn transient_error(response: &HttpResponse, what: &str) -> PluginError {
+    let google = GoogleError::parse(response);
+    let status = response.status();
+    let (code, fallback_reason) = match status {
+        409 => (Code::Aborted, "concurrentUpdate"),
+        429 => (Code::ResourceExhausted, "rateLimitExceeded"),
+        _ => (Code::Unavailable, "backendError"),
+    };
+    let reason = google.as_ref().map_or(fallback_reason, |google| google.reason.as_str());
+    let message = google.as_ref().map_or("", |google| google.message.as_str());
+    let mut err = PluginError::new(code, format!("google play answered {what} with http {status}: {message}"))
+        .with_reason(reason)
+        .with_http_status(status)
+        .retryable(true);
+    if let Some(delay) = retry_after(response) {
+        err = err.retry_after(delay);
+    }
+    err
+}
+
+/// `Retry-After` in seconds (Google does not send HTTP dates).
+fn retry_after(response: &HttpResponse) -> Option<Duration> {
+    response.header("retry-after")?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Google's error envelope: `{"error":{"code","message","errors":[{"reason"}],"status"}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GoogleError {
+    pub(crate) status: u16,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+}
+
+impl GoogleError {
+    /// The envelope in `response`, or `None` if the body is not one (an HTML
+    /// page from a wrong `api_root`, say).
+    pub(crate) fn parse(response: &HttpResponse) -> Option<GoogleError> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            error: Body,
+        }
+        #[derive(Deserialize)]
+        struct Body {
+            #[serde(default)]
+            message: String,
+            #[serde(default)]
+            errors: Vec<Item>,
+            #[serde(default)]
+            status: String,
+        }
+        #[derive(Deserialize)]
+        struct Item {
+            #[serde(default)]
+            reason: String,
+        }
+        let envelope: Envelope = serde_json::from_slice(response.body()).ok()?;
+        let reason = envelope
+            .error
+            .errors
+            .into_iter()
+            .map(|item| item.reason)
+            .find(|reason| !reason.is_empty())
+            .unwrap_or(envelope.error.status);
+        Some(GoogleError { status: response.status(), reason, message: envelope.error.message })
+    }
+
+    /// The error for the caller, for a refusal that is not a verdict.
+    pub(crate) fn to_plugin_error(&self, what: &str) -> PluginError {
+        let code = match (self.status, self.reason.as_str()) {
+            (400, "invalidPurchaseState" | "productNotOwnedByUser" | "unsupportedIabType") => Code::FailedPrecondition,
+            (400, _) => Code::InvalidArgument,
+            (401, _) => Code::Unauthenticated,
+            (403, _) => Code::PermissionDenied,
+            (404 | 410, _) => Code::NotFound,
+            (409, _) => Code::Aborted,
+            (429, _) => Code::ResourceExhausted,
+            (500..=599, _) => Code::Unavailable,
+            _ => Code::Unknown,
+        };
+        PluginError::new(code, format!("google play answered {what} with http {}: {}", self.status, self.message))
+            .with_reason(self.reason.clone())
+            .with_http_status(self.status)
+    }
+}
+
+/// An API answer: a success, or Google's considered refusal (4xx other than
+/// 401, 409 and 429), which the caller maps (a 404 can be a verdict).
+#[derive(Debug, Clone)]
+pub(crate) enum Answer {
+    Success(HttpResponse),
+    Refused(GoogleError),
+}
+
+/// The API client for one configured store.
+pub(crate) struct Client {
+    pub(crate) api_root: String,
+    pub(crate) tokens: TokenSource,
+    pub(crate) retry: Retry,
+}
+
+/// Characters left as they are in a path segment (RFC 3986 unreserved).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// A path segment, percent-encoded.
+pub(crate) fn segment(value: &str) -> String {
+    utf8_percent_encode(value, SEGMENT).to_string()
+}
+
+impl Client {
+    /// The URL of `path` (already encoded) under the API root.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}/androidpublisher/v3/{path}", self.api_root.trim_end_matches('/'))
+    }
+
+    /// Sends the request `build` makes, with a bearer token, retried as the
+    /// module says.
+    pub(crate) async fn send(
+        &self,
+        cx: &Ctx,
+        what: &str,
+        build: impl Fn() -> HttpRequest,
+    ) -> Result<Answer, PluginError> {
+        with_retries(cx, &self.retry, what, || async {
+            let mut refreshed = false;
+            loop {
+                let token = self.tokens.token(cx, &self.retry).await?;
+                let response = cx.http(build().bearer(&token.value)).await?;
+                match response.status() {
+                    200..=299 => return Ok(Answer::Success(response)),
+                    // An access token can be revoked or expire early: one
+                    // fresh token, then the refusal stands.
+                    401 if !refreshed => {
+                        self.tokens.invalidate(&token);
+                        refreshed = true;
+                    }
+                    409 | 429 | 500..=599 => return Err(transient_error(&response, what)),
+                    status => {
+                        return match GoogleError::parse(&response) {
+                            Some(google) => Ok(Answer::Refused(google)),
+                            None => Err(PluginError::internal(format!(
+                                "google play answered {what} with http {status} and no google error envelope; is `api_root` right?"
+                            ))
+                            .with_reason("UNEXPECTED_RESPONSE")
+                            .with_http_status(status)),
+                        };
+                    }
+                }
+            }
+        })
+        .await
+    }
+}
