@@ -7,6 +7,7 @@
 mod abi; // plugins in C and misbehaving plugins: loading, refusals, panics, allowlist, deadlines
 mod api; // every RPC through a tonic client against the sandbox store
 mod config; // configuration errors, env overrides, check-config, plugins
+mod google_play; // the Google Play plugin in the real binary against the emulator, and Google's Python client
 mod grpcurl; // the README's grpcurl examples, reflection and health, run literally
 mod in_process; // the server as a library: serve() on port 0 with a shutdown future
 mod invariants; // architecture invariants from ARCHITECTURE.md
