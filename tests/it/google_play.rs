@@ -233,3 +233,42 @@ async fn googles_python_client_gets_the_same_answers_from_the_emulator() {
     assert_eq!(serde_json::json!(ids), python["subscription_ids"]);
     assert_eq!(python["one_time_product_ids"], serde_json::json!(["coins_100", "remove_ads", "level_pack"]));
 }
+
+#[test]
+fn the_readme_walkthrough_works_against_the_emulator() {
+    let env = start();
+    let lines = crate::grpcurl::readme_lines(|line| {
+        (line.starts_with("grpcurl ") && line.contains("localhost:50052"))
+            || (line.starts_with("curl ") && line.contains("127.0.0.1:8095"))
+    });
+    assert!(lines.len() >= 10, "the README lost its Google Play walkthrough: {lines:?}");
+    let mut outputs = Vec::new();
+    for (line, failure) in &lines {
+        let command = line
+            .replace("localhost:50052", &env.server.address.to_string())
+            .replace("127.0.0.1:8095", &env.running.address.to_string());
+        let (ok, output) = crate::grpcurl::run(&command);
+        match failure {
+            None => assert!(ok, "`{command}` failed:\n{output}"),
+            Some(code) => {
+                assert!(!ok && output.contains(&format!("Code: {code}")), "`{command}`: expected {code}:\n{output}")
+            }
+        }
+        outputs.push(output);
+    }
+    let all = outputs.join("\n");
+    for expected in [
+        "\"verdict\": \"VERDICT_VALID\"",
+        "\"verdict\": \"VERDICT_NOT_FOUND\"",
+        "\"alreadyConsumed\": true",
+        "\"productId\": \"vip\"",
+        "\"domain\":\"google-play\"",
+        "\"reason\":\"invalidPurchaseState\"",
+        "\"reason\":\"PACKAGE_NOT_ALLOWED\"",
+    ] {
+        assert!(all.contains(expected), "`{expected}` missing from the walkthrough's output:\n{all}");
+    }
+    let stats: serde_json::Value = serde_json::from_str(outputs.last().unwrap()).unwrap();
+    assert!(stats["requests"]["products.get"].as_u64().unwrap() >= 4, "{stats}");
+    assert_eq!(env.emulator.count("token"), 1);
+}

@@ -6,13 +6,13 @@ use std::process::Command;
 
 use crate::support::{Server, root, tool};
 
-/// The `grpcurl` lines of the README, in order, with the expected failure
-/// code of those marked `# fails: <Code>`.
-fn readme_examples() -> Vec<(String, Option<String>)> {
+/// The README's command lines that `wanted` picks, in order, with the
+/// expected failure code of those marked `# fails: <Code>`.
+pub(crate) fn readme_lines(wanted: impl Fn(&str) -> bool) -> Vec<(String, Option<String>)> {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     readme
         .lines()
-        .filter(|line| line.starts_with("grpcurl "))
+        .filter(|line| wanted(line))
         .map(|line| match line.split_once("  # fails: ") {
             Some((command, code)) => (command.to_owned(), Some(code.trim().to_owned())),
             None => (line.to_owned(), None),
@@ -20,7 +20,13 @@ fn readme_examples() -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-fn run(command_line: &str) -> (bool, String) {
+/// The `grpcurl` lines of the README for the server on its embedded defaults.
+fn readme_examples() -> Vec<(String, Option<String>)> {
+    readme_lines(|line| line.starts_with("grpcurl ") && line.contains("localhost:50051"))
+}
+
+/// Runs a shell command line with grpcurl on the PATH: (success, output).
+pub(crate) fn run(command_line: &str) -> (bool, String) {
     let grpcurl = tool("grpcurl");
     let path = format!("{}:{}", grpcurl.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
     let output = Command::new("sh").arg("-c").arg(command_line).env("PATH", path).output().expect("run sh");
