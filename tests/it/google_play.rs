@@ -158,6 +158,21 @@ async fn store_errors_reach_the_caller_with_googles_reason_and_retry_info() {
 }
 
 #[tokio::test]
+async fn a_slow_store_ends_at_the_callers_deadline() {
+    let env = start();
+    let mut client = env.server.client().await;
+    env.emulator.inject(Fault { operation: Some("products.get".into()), delay_ms: 5_000, ..Fault::default() });
+    let mut request = tonic::Request::new(verify("coins_100", "gp-purchased", ""));
+    request.set_timeout(Duration::from_millis(800));
+    let started = std::time::Instant::now();
+    let status = client.verify(request).await.unwrap_err();
+    crate::support::assert_deadline_ended(&status, started, Duration::from_millis(800));
+    // The next call, with time to spare, gets its answer.
+    let answer = client.verify(verify("coins_100", "gp-purchased", "")).await.unwrap().into_inner();
+    assert_eq!(answer.verdict(), Verdict::Valid);
+}
+
+#[tokio::test]
 async fn identical_concurrent_verifies_share_one_upstream_call() {
     let env = start();
     let client = env.server.client().await;

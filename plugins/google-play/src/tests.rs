@@ -149,6 +149,14 @@ fn every_purchase_state_is_a_verdict() {
         assert_eq!(answer.verdict(), verdict, "{token}: {}", answer.verdict_reason);
         assert_eq!(answer.purchase.unwrap().state(), state, "{token}");
     }
+    // A token past Google's retention: expired, as a verdict; for a write it is not found.
+    setup.emulator.inject(fault("products.get", 410, "purchaseTokenNoLongerValid"));
+    let expired = verify(&setup, "coins_100", "gp-purchased").unwrap();
+    assert_eq!(expired.verdict(), Verdict::Expired, "{}", expired.verdict_reason);
+    setup.emulator.inject(fault("products.get", 410, "purchaseTokenNoLongerValid"));
+    let err = consume(&setup, "coins_100", "gp-purchased").unwrap_err();
+    assert_eq!((err.code(), err.reason()), (Code::NotFound, "purchaseTokenNoLongerValid"));
+
     let unknown = verify(&setup, "coins_100", "never-sold").unwrap();
     assert_eq!(unknown.verdict(), Verdict::NotFound, "google's 404 is the verdict that a purchase never happened");
     assert!(unknown.verdict_reason.contains("notFound"), "{}", unknown.verdict_reason);
