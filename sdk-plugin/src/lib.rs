@@ -66,6 +66,7 @@ mod error;
 pub mod ffi;
 mod http;
 pub mod kit;
+pub mod retry;
 mod runtime;
 pub mod sync;
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iapd::pb::{self, Verdict};
-use iapd_emulators::google_play::{Fault, GooglePlay};
+use iapd_emulators::Fault;
+use iapd_emulators::google_play::GooglePlay;
 use tonic::Code;
 use tonic_types::StatusExt;
 

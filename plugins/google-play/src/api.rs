@@ -2,73 +2,14 @@
 //! refresh after a 401, retries with backoff for what Google says to retry
 //! (409 `concurrentUpdate`, 429, 5xx), and Google's error envelope.
 
-use std::future::Future;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
-use iapd_sdk_plugin::log;
 use iapd_sdk_plugin::prelude::*;
+use iapd_sdk_plugin::retry::{Retry, with_retries};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
 use crate::auth::TokenSource;
-
-/// How transient failures are retried.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct Retry {
-    /// Attempts in all, the first included.
-    pub(crate) max_attempts: usize,
-    /// The first backoff; each next one doubles, with jitter.
-    pub(crate) initial_backoff_ms: u64,
-    /// The longest backoff.
-    pub(crate) max_backoff_ms: u64,
-    /// A `Retry-After` longer than this is not waited out: the call fails
-    /// with RESOURCE_EXHAUSTED and the delay in `RetryInfo`.
-    pub(crate) max_retry_after_ms: u64,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Retry { max_attempts: 4, initial_backoff_ms: 100, max_backoff_ms: 2_000, max_retry_after_ms: 5_000 }
-    }
-}
-
-/// Runs `attempt` until it succeeds, fails for good, or the retries run out.
-/// Retryable errors are those marked so ([`transient_error`]); a
-/// `Retry-After` replaces the backoff.
-pub(crate) async fn with_retries<T, F, Fut>(cx: &Ctx, retry: &Retry, what: &str, attempt: F) -> Result<T, PluginError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, PluginError>>,
-{
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(retry.initial_backoff_ms))
-        .with_max_delay(Duration::from_millis(retry.max_backoff_ms))
-        .with_max_times(retry.max_attempts.saturating_sub(1))
-        .with_jitter();
-    let sleeper = cx.clone();
-    let max_retry_after = Duration::from_millis(retry.max_retry_after_ms);
-    attempt
-        .retry(backoff)
-        .sleep(move |delay| {
-            let cx = sleeper.clone();
-            // A failed sleep means the call's deadline passed; the next
-            // attempt then fails with DEADLINE_EXCEEDED on its own.
-            async move { drop(cx.sleep(delay).await) }
-        })
-        .when(PluginError::is_retryable)
-        .adjust(move |err, backoff| match (err.retry_after_delay(), backoff) {
-            (Some(asked), Some(_)) if asked > max_retry_after => None,
-            (Some(asked), Some(_)) => Some(asked),
-            (None, backoff) => backoff,
-            (Some(_), None) => None,
-        })
-        .notify(|err, delay| {
-            cx.log(log::Level::Info, &format!("{what}: retrying in {} ms after {err}", delay.as_millis()))
-        })
-        .await
-}
 
 /// The error for an answer worth retrying: 409, 429 or 5xx.
 pub(crate) fn transient_error(response: &HttpResponse, what: &str) -> PluginError {

@@ -10,7 +10,9 @@ use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::sync::SingleFlight;
 use serde_json::Value;
 
-use crate::api::{self, Retry};
+use iapd_sdk_plugin::retry::{Retry, with_retries};
+
+use crate::api;
 
 /// The scope of the Android Publisher API.
 pub(crate) const SCOPE: &str = "https://www.googleapis.com/auth/androidpublisher";
@@ -107,7 +109,7 @@ impl TokenSource {
 
     async fn fetch(&self, cx: &Ctx, retry: &Retry) -> Result<AccessToken, PluginError> {
         let url = &self.account.token_uri;
-        let answer = api::with_retries(cx, retry, "oauth token request", || async {
+        let answer = with_retries(cx, retry, "oauth token request", || async {
             let now = cx.now_unix_millis();
             let assertion = self.account.assertion(now.div_euclid(1000))?;
             let body =

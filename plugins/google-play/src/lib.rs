@@ -21,7 +21,9 @@ use iapd_sdk_plugin::proto::{self, ProductKind, Verdict};
 use iapd_sdk_plugin::sync::SingleFlight;
 use serde::Deserialize;
 
-use crate::api::{Answer, Client, GoogleError, Retry, segment};
+use iapd_sdk_plugin::retry::Retry;
+
+use crate::api::{Answer, Client, GoogleError, segment};
 use crate::auth::{ServiceAccount, TokenSource};
 
 /// The store.

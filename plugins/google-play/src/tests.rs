@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use iapd_emulators::google_play::{Fault, GooglePlay as Emulator, SeedPurchase};
+use iapd_emulators::Fault;
+use iapd_emulators::google_play::{GooglePlay as Emulator, SeedPurchase};
 use iapd_emulators::{Emulator as _, Request};
 use iapd_sdk_plugin::kit::{self, Kit};
 use iapd_sdk_plugin::prelude::*;

@@ -7,11 +7,13 @@
 //! plugin's unit tests can call it in-process through the SDK's kit, and
 //! [`spawn`] serves it over HTTP for the server's integration tests.
 
+mod faults;
 pub mod google_play;
 mod http;
 
 use std::time::Duration;
 
+pub use faults::{Fault, Faults};
 pub use http::{Running, serve, spawn};
 
 /// An HTTP request as an emulator sees it.

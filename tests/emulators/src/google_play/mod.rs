@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::{Emulator, Request, Response};
+use crate::{Emulator, Fault, Faults, Request, Response};
 
 /// The audience Google's token endpoint expects.
 pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
@@ -54,7 +54,7 @@ struct State {
     access_tokens: HashMap<String, (String, i64)>,
     apps: BTreeMap<String, App>,
     purchases: HashMap<String, StoredPurchase>,
-    faults: Vec<Fault>,
+    faults: Faults,
     counts: BTreeMap<String, u64>,
     tokens_issued: u64,
     token_lifetime_secs: i64,
@@ -110,34 +110,6 @@ struct StoredPurchase {
     fields: Map<String, Value>,
 }
 
-/// A fault served instead of (or, with only a delay, before) the normal answer.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Fault {
-    /// The operation it hits (`token`, `products.get`, `products.acknowledge`,
-    /// `products.consume`, `oneTimeProducts.list`, `subscriptions.list`); all if absent.
-    #[serde(default)]
-    pub operation: Option<String>,
-    /// The HTTP status to answer with; the normal answer if absent.
-    #[serde(default)]
-    pub status: Option<u16>,
-    /// Google's reason string (a default per status if absent).
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// A `Retry-After` header, in seconds.
-    #[serde(default)]
-    pub retry_after_secs: Option<u64>,
-    /// Waits this long before answering.
-    #[serde(default)]
-    pub delay_ms: u64,
-    /// Answers a truncated, malformed JSON body instead of an envelope.
-    #[serde(default)]
-    pub malformed: bool,
-    /// How many requests it hits (1 if absent or 0).
-    #[serde(default)]
-    pub times: u32,
-}
-
 impl GooglePlay {
     /// An emulator with `seed` and no service accounts.
     pub fn new(seed: Seed) -> GooglePlay {
@@ -177,7 +149,7 @@ impl GooglePlay {
 
     /// Queues a fault; faults hit requests in the order queued.
     pub fn inject(&self, fault: Fault) {
-        self.lock().faults.push(fault);
+        self.lock().faults.inject(fault);
     }
 
     /// Invalidates every access token issued so far (the API answers 401).
@@ -220,25 +192,16 @@ impl Emulator for GooglePlay {
         }
         let route = Route::of(&request.method, &segments);
         *state.counts.entry(route.operation().to_owned()).or_default() += 1;
-        let delay = match state.take_fault(route.operation()) {
-            Some(Fault { status: Some(status), reason, retry_after_secs, delay_ms, malformed, .. }) => {
-                let mut response = if malformed {
-                    let mut response = Response::json(status, &Value::Null);
-                    response.body = b"{\"kind\": \"androidpublisher#productPurchase\", \"purchaseSt".to_vec();
-                    response
-                } else {
-                    let reason = reason.unwrap_or_else(|| default_reason(status).to_owned());
-                    google_error(status, &reason, &default_message(&reason))
-                };
-                if let Some(seconds) = retry_after_secs {
-                    response.headers.push(("retry-after".to_owned(), seconds.to_string()));
-                }
-                response.delay = Duration::from_millis(delay_ms);
-                return response;
-            }
-            Some(fault) => Duration::from_millis(fault.delay_ms),
-            None => Duration::ZERO,
-        };
+        let fault = state.faults.take(route.operation());
+        if let Some(answer) = fault.as_ref().and_then(|fault| {
+            fault.answer(|status, reason| {
+                let reason = reason.unwrap_or_else(|| default_reason(status));
+                google_error(status, reason, &default_message(reason))
+            })
+        }) {
+            return answer;
+        }
+        let delay = fault.map_or(Duration::ZERO, |fault| fault.delay());
         let mut response = state.route(request, route);
         response.delay = delay;
         response
@@ -310,18 +273,6 @@ impl State {
             purchase.purchase_token,
             StoredPurchase { package_name: purchase.package_name, product_id: purchase.product_id, fields },
         );
-    }
-
-    fn take_fault(&mut self, operation: &str) -> Option<Fault> {
-        let index =
-            self.faults.iter().position(|fault| fault.operation.as_deref().is_none_or(|wanted| wanted == operation))?;
-        let fault = &mut self.faults[index];
-        if fault.times > 1 {
-            fault.times -= 1;
-            Some(fault.clone())
-        } else {
-            Some(self.faults.remove(index))
-        }
     }
 
     fn route(&mut self, request: &Request, route: Route<'_>) -> Response {
@@ -547,7 +498,7 @@ impl State {
             },
             ("POST", "faults") => match serde_json::from_slice::<Fault>(&request.body) {
                 Ok(fault) => {
-                    self.faults.push(fault);
+                    self.faults.inject(fault);
                     Response::json(200, &json!({}))
                 }
                 Err(err) => bad(err),
