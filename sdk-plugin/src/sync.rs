@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use crate::runtime::lock;
+use crate::{Ctx, PluginError};
 
 /// Runs one piece of work per key at a time and hands its result to every
 /// call that asked for the same key meanwhile: one token refresh for many
@@ -87,6 +88,83 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
     /// Runs in flight now.
     pub fn in_flight(&self) -> usize {
         lock(&self.flights).len()
+    }
+}
+
+/// An access token cache: a token is reused until shortly before it
+/// expires (a minute early, or half its lifetime if that is shorter), and
+/// only one refresh is ever in flight, whatever the number of calls.
+pub struct TokenCache {
+    cached: Mutex<Option<AccessToken>>,
+    refresh: SingleFlight<(), Result<AccessToken, PluginError>>,
+}
+
+/// A token from a [`TokenCache`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    /// The token itself.
+    pub value: String,
+    /// When the cache stops handing it out, unix millis.
+    pub refresh_at_millis: i64,
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken").field("refresh_at_millis", &self.refresh_at_millis).finish_non_exhaustive()
+    }
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache { cached: Mutex::new(None), refresh: SingleFlight::new() }
+    }
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache").field("cached", &*lock(&self.cached)).finish()
+    }
+}
+
+impl TokenCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The cached token, or a new one from `fetch`, which answers the token
+    /// and how long it lives.
+    pub async fn get<F, Fut>(&self, cx: &Ctx, fetch: F) -> Result<AccessToken, PluginError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(String, std::time::Duration), PluginError>>,
+    {
+        let now = cx.now_unix_millis();
+        if let Some(token) = lock(&self.cached).as_ref().filter(|token| now < token.refresh_at_millis) {
+            return Ok(token.clone());
+        }
+        self.refresh
+            .run((), || async {
+                let requested_at = cx.now_unix_millis();
+                let (value, lifetime) = fetch().await?;
+                let lifetime = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX).max(1);
+                let token = AccessToken {
+                    value,
+                    refresh_at_millis: requested_at.saturating_add(lifetime - (lifetime / 2).min(60_000)),
+                };
+                *lock(&self.cached) = Some(token.clone());
+                Ok(token)
+            })
+            .await
+    }
+
+    /// Forgets `token` after the store refused it (revoked, or expired
+    /// early), unless a newer one replaced it already.
+    pub fn invalidate(&self, token: &AccessToken) {
+        let mut cached = lock(&self.cached);
+        if cached.as_ref() == Some(token) {
+            *cached = None;
+        }
     }
 }
 

@@ -3,11 +3,10 @@
 //! token. The token is cached until shortly before it expires, and only one
 //! refresh is ever in flight.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use iapd_sdk_plugin::prelude::*;
-use iapd_sdk_plugin::sync::SingleFlight;
+use iapd_sdk_plugin::sync::{AccessToken, TokenCache};
 use serde_json::Value;
 
 use iapd_sdk_plugin::retry::{Retry, with_retries};
@@ -71,43 +70,28 @@ impl ServiceAccount {
     }
 }
 
-#[derive(Clone)]
-pub(crate) struct AccessToken {
-    pub(crate) value: String,
-    expires_at_millis: i64,
-    refresh_at_millis: i64,
-}
-
 /// Access tokens for one service account.
 pub(crate) struct TokenSource {
     account: ServiceAccount,
-    cached: Mutex<Option<AccessToken>>,
-    refresh: SingleFlight<(), Result<AccessToken, PluginError>>,
+    cache: TokenCache,
 }
 
 impl TokenSource {
     pub(crate) fn new(account: ServiceAccount) -> TokenSource {
-        TokenSource { account, cached: Mutex::new(None), refresh: SingleFlight::new() }
+        TokenSource { account, cache: TokenCache::new() }
     }
 
     /// A token valid for a while yet: the cached one or a fresh one.
     pub(crate) async fn token(&self, cx: &Ctx, retry: &Retry) -> Result<AccessToken, PluginError> {
-        let now = cx.now_unix_millis();
-        if let Some(token) = self.lock().as_ref().filter(|token| now < token.refresh_at_millis) {
-            return Ok(token.clone());
-        }
-        self.refresh.run((), || self.fetch(cx, retry)).await
+        self.cache.get(cx, || self.fetch(cx, retry)).await
     }
 
     /// Forgets `token` after the API refused it (revoked or expired early).
     pub(crate) fn invalidate(&self, token: &AccessToken) {
-        let mut cached = self.lock();
-        if cached.as_ref().is_some_and(|current| current.value == token.value) {
-            *cached = None;
-        }
+        self.cache.invalidate(token);
     }
 
-    async fn fetch(&self, cx: &Ctx, retry: &Retry) -> Result<AccessToken, PluginError> {
+    async fn fetch(&self, cx: &Ctx, retry: &Retry) -> Result<(String, Duration), PluginError> {
         let url = &self.account.token_uri;
         let answer = with_retries(cx, retry, "oauth token request", || async {
             let now = cx.now_unix_millis();
@@ -120,10 +104,10 @@ impl TokenSource {
             if response.status() >= 500 || response.status() == 429 {
                 return Err(api::transient_error(&response, "oauth token request"));
             }
-            Ok((now, response))
+            Ok(response)
         })
         .await?;
-        let (requested_at, response) = answer;
+        let response = answer;
         if response.status() != 200 {
             return Err(self.refused(&response));
         }
@@ -131,28 +115,15 @@ impl TokenSource {
         struct TokenResponse {
             access_token: String,
             #[serde(default)]
-            expires_in: Option<i64>,
+            expires_in: Option<u64>,
         }
         let token: TokenResponse = response.json()?;
-        let lifetime = token.expires_in.unwrap_or(ASSERTION_LIFETIME_SECS).max(1) * 1000;
-        // Refreshed a minute early (half the lifetime for short-lived
-        // tokens), so no request leaves with a token about to expire.
-        let margin = (lifetime / 2).min(60_000);
-        let token = AccessToken {
-            value: token.access_token,
-            expires_at_millis: requested_at + lifetime,
-            refresh_at_millis: requested_at + lifetime - margin,
-        };
-        *self.lock() = Some(token.clone());
+        let lifetime = Duration::from_secs(token.expires_in.unwrap_or(ASSERTION_LIFETIME_SECS.unsigned_abs()));
         cx.log(
             log::Level::Debug,
-            &format!(
-                "google oauth: new access token for {}, valid {} s",
-                self.account.client_email,
-                Duration::from_millis(u64::try_from(token.expires_at_millis - requested_at).unwrap_or(0)).as_secs()
-            ),
+            &format!("google oauth: new access token for {}, valid {} s", self.account.client_email, lifetime.as_secs()),
         );
-        Ok(token)
+        Ok((token.access_token, lifetime))
     }
 
     /// The token endpoint's refusal: `{"error", "error_description"}`.
@@ -177,9 +148,6 @@ impl TokenSource {
         .with_http_status(response.status())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<AccessToken>> {
-        self.cached.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 use iapd_sdk_plugin::log;

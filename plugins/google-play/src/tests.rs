@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use iapd_emulators::Fault;
 use iapd_emulators::google_play::{GooglePlay as Emulator, SeedPurchase};
-use iapd_emulators::{Emulator as _, Request};
 use iapd_sdk_plugin::kit::{self, Kit};
 use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::proto::{
@@ -35,22 +34,6 @@ fn key_for(key: &str, token_uri: &str) -> String {
     key.to_string()
 }
 
-/// The kit's HTTP, answered by the emulator.
-fn through(emulator: Arc<Emulator>) -> impl Fn(&HttpRequest) -> HttpResponse + Send + Sync + 'static {
-    move |request| {
-        let wire = request.clone().into_proto();
-        let host = wire.url.split("://").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or_default().to_owned();
-        let mut emulated = Request::new(&wire.method, &wire.url).header("host", &host).body(wire.body);
-        for header in wire.headers {
-            emulated = emulated.header(&header.name, &String::from_utf8_lossy(&header.value));
-        }
-        let answer = emulator.handle(&emulated);
-        answer.headers.iter().fold(HttpResponse::new(answer.status, answer.body.clone()), |response, (name, value)| {
-            response.with_header(name, value)
-        })
-    }
-}
-
 fn setup_with(config: serde_json::Value, key: &str) -> Setup {
     let emulator = Arc::new(Emulator::with_default_state());
     emulator.add_service_account(KEY).unwrap();
@@ -59,7 +42,7 @@ fn setup_with(config: serde_json::Value, key: &str) -> Setup {
         .config_json(config.to_string())
         .secret("service_account", key_for(key, &format!("{ORIGIN}/token")))
         .allow_origin(ORIGIN)
-        .http(through(emulator.clone()));
+        .http(iapd_emulators::kit_handler(emulator.clone()));
     emulator.set_clock(1_767_225_600_000);
     Setup { emulator, kit: builder.build::<GooglePlay>().unwrap() }
 }

@@ -7,6 +7,7 @@
 //! plugin's unit tests can call it in-process through the SDK's kit, and
 //! [`spawn`] serves it over HTTP for the server's integration tests.
 
+pub mod cafe_bazaar;
 mod faults;
 pub mod google_play;
 mod http;
@@ -120,4 +121,26 @@ impl Response {
 pub trait Emulator: Send + Sync + 'static {
     /// Answers one request.
     fn handle(&self, request: &Request) -> Response;
+}
+
+/// Answers the SDK kit's HTTP with `emulator`, in-process, so a plugin's unit
+/// tests exercise the same emulator the integration tests serve over HTTP.
+pub fn kit_handler(
+    emulator: std::sync::Arc<dyn Emulator>,
+) -> impl Fn(&iapd_sdk_plugin::HttpRequest) -> iapd_sdk_plugin::HttpResponse + Send + Sync + 'static {
+    move |request| {
+        let wire = request.clone().into_proto();
+        let host = wire.url.split("://").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or_default().to_owned();
+        let mut emulated = Request::new(&wire.method, &wire.url).header("host", &host).body(wire.body);
+        for header in wire.headers {
+            emulated = emulated.header(&header.name, &String::from_utf8_lossy(&header.value));
+        }
+        let answer = emulator.handle(&emulated);
+        answer
+            .headers
+            .iter()
+            .fold(iapd_sdk_plugin::HttpResponse::new(answer.status, answer.body.clone()), |response, (name, value)| {
+                response.with_header(name, value)
+            })
+    }
 }

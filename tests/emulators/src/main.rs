@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use iapd_emulators::Emulator;
+use iapd_emulators::cafe_bazaar::{self, CafeBazaar};
 use iapd_emulators::google_play::{self, GooglePlay};
 
 /// The test-only key every Google Play emulator trusts unless told otherwise
@@ -38,33 +40,56 @@ enum Store {
         #[arg(long = "service-account")]
         service_accounts: Vec<PathBuf>,
     },
+    /// The Cafe Bazaar Developer API v2 and its OAuth token endpoint.
+    CafeBazaar {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8096")]
+        listen: SocketAddr,
+        /// A state file (OAuth clients, apps, purchases); the built-in demo state if absent.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let Store::GooglePlay { listen, state, service_accounts } = Cli::parse().store;
-    let state = match state {
-        Some(path) => std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
-        None => google_play::DEFAULT_STATE.to_owned(),
+    let (name, listen, emulator): (&str, SocketAddr, Arc<dyn Emulator>) = match Cli::parse().store {
+        Store::GooglePlay { listen, state, service_accounts } => {
+            let seed = parse_state(state.as_deref(), google_play::DEFAULT_STATE)?;
+            let emulator = GooglePlay::new(seed);
+            let keys = if service_accounts.is_empty() {
+                vec![FIXTURE_KEY.to_owned()]
+            } else {
+                service_accounts.iter().map(|path| read(path)).collect::<anyhow::Result<_>>()?
+            };
+            for key in &keys {
+                emulator.add_service_account(key).map_err(anyhow::Error::msg)?;
+            }
+            ("google play", listen, Arc::new(emulator))
+        }
+        Store::CafeBazaar { listen, state } => {
+            let seed = parse_state(state.as_deref(), cafe_bazaar::DEFAULT_STATE)?;
+            ("cafe bazaar", listen, Arc::new(CafeBazaar::new(seed)))
+        }
     };
-    let seed = serde_json::from_str(&state).context("state file is not a google play emulator state")?;
-    let emulator = GooglePlay::new(seed);
-    let keys = if service_accounts.is_empty() {
-        vec![FIXTURE_KEY.to_owned()]
-    } else {
-        service_accounts
-            .iter()
-            .map(|path| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display())))
-            .collect::<anyhow::Result<_>>()?
-    };
-    for key in &keys {
-        emulator.add_service_account(key).map_err(anyhow::Error::msg)?;
-    }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    eprintln!("google play emulator listening on http://{}", listener.local_addr()?);
-    iapd_emulators::serve(listener, Arc::new(emulator), async {
+    eprintln!("{name} emulator listening on http://{}", listener.local_addr()?);
+    iapd_emulators::serve(listener, emulator, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;
     Ok(())
+}
+
+fn read(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// A state file, or the emulator's built-in demo state.
+fn parse_state<T: serde::de::DeserializeOwned>(path: Option<&std::path::Path>, default: &str) -> anyhow::Result<T> {
+    let text = match path {
+        Some(path) => read(path)?,
+        None => default.to_owned(),
+    };
+    serde_json::from_str(&text).context("not a state file of this emulator")
 }
