@@ -5,7 +5,8 @@
 //! libraries (built by `cargo build --workspace`) on a free port.
 
 mod abi; // plugins in C and misbehaving plugins: loading, refusals, panics, allowlist, deadlines
-mod api; // every RPC through a tonic client against the sandbox store
+mod api;
+mod cafe_bazaar; // the Cafe Bazaar plugin in the real binary against its emulator // every RPC through a tonic client against the sandbox store
 mod config; // configuration errors, env overrides, check-config, plugins
 mod google_play; // the Google Play plugin in the real binary against the emulator, and Google's Python client
 mod grpcurl; // the README's grpcurl examples, reflection and health, run literally

@@ -121,7 +121,11 @@ impl TokenSource {
         let lifetime = Duration::from_secs(token.expires_in.unwrap_or(ASSERTION_LIFETIME_SECS.unsigned_abs()));
         cx.log(
             log::Level::Debug,
-            &format!("google oauth: new access token for {}, valid {} s", self.account.client_email, lifetime.as_secs()),
+            &format!(
+                "google oauth: new access token for {}, valid {} s",
+                self.account.client_email,
+                lifetime.as_secs()
+            ),
         );
         Ok((token.access_token, lifetime))
     }
@@ -147,7 +151,6 @@ impl TokenSource {
         .with_reason(reason)
         .with_http_status(response.status())
     }
-
 }
 
 use iapd_sdk_plugin::log;
