@@ -177,8 +177,9 @@ async fn a_slow_store_ends_at_the_callers_deadline() {
 async fn identical_concurrent_verifies_share_one_upstream_call() {
     let env = start();
     let client = env.server.client().await;
-    // The first lookup answers slowly, so all hundred calls overlap it.
-    env.emulator.inject(Fault { operation: Some("products.get".into()), delay_ms: 1_000, ..Fault::default() });
+    // The first lookup answers slowly, so all hundred calls overlap it even
+    // on a loaded machine.
+    env.emulator.inject(Fault { operation: Some("products.get".into()), delay_ms: 2_000, ..Fault::default() });
     let calls = (0..100).map(|_| {
         let mut client = client.clone();
         tokio::spawn(async move { client.verify(verify("coins_100", "gp-purchased", "")).await })
