@@ -109,15 +109,6 @@ fn add(setup: &Setup, token: &str, product: &str, purchase_state: i64, consumpti
     });
 }
 
-fn fault(operation: &str, status: u16, reason: &str) -> Fault {
-    Fault {
-        operation: Some(operation.into()),
-        status: Some(status),
-        reason: (!reason.is_empty()).then(|| reason.to_owned()),
-        ..Fault::default()
-    }
-}
-
 #[test]
 fn every_field_is_mapped_and_consumption_is_inverted_both_ways() {
     // (purchaseState, consumptionState) as Bazaar sends them → what iapd says.
@@ -165,13 +156,13 @@ fn not_found_is_the_verdict_of_a_faked_purchase() {
     assert_eq!(answer.verdict(), Verdict::NotFound);
     assert!(answer.verdict_reason.contains("not_found"), "{}", answer.verdict_reason);
     // Other 404s and 400s are errors, never the fraud signal.
-    setup.emulator.inject(fault("validate", 404, "no_such_app"));
+    setup.emulator.inject(Fault::answering("validate", 404, "no_such_app"));
     let err = verify(&setup, "coins_100", "bz-purchased").unwrap_err();
     assert_eq!((err.code(), err.reason()), (Code::NotFound, "no_such_app"));
-    setup.emulator.inject(fault("validate", 400, "invalid_value"));
+    setup.emulator.inject(Fault::answering("validate", 400, "invalid_value"));
     let err = verify(&setup, "coins_100", "bz-purchased").unwrap_err();
     assert_eq!((err.code(), err.reason(), err.http_status()), (Code::InvalidArgument, "invalid_value", 400));
-    setup.emulator.inject(fault("validate", 403, "forbidden"));
+    setup.emulator.inject(Fault::answering("validate", 403, "forbidden"));
     assert_eq!(verify(&setup, "coins_100", "bz-purchased").unwrap_err().code(), Code::PermissionDenied);
 }
 
@@ -234,7 +225,7 @@ fn consume_is_idempotent_and_refusals_keep_bazaars_reason() {
     assert_eq!((err.code(), err.reason()), (Code::FailedPrecondition, "invalid_value"), "{err}");
     // A consume between our read and our write: bazaar refuses, a re-read shows it consumed.
     add(&setup, "bz-raced", "coins_100", 0, 1);
-    setup.emulator.inject(fault("consume", 400, "invalid_value"));
+    setup.emulator.inject(Fault::answering("consume", 400, "invalid_value"));
     let err = consume(&setup, "coins_100", "bz-raced").unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "still unconsumed on re-read: the refusal stands");
 }
@@ -242,21 +233,21 @@ fn consume_is_idempotent_and_refusals_keep_bazaars_reason() {
 #[test]
 fn faults_are_retried_and_counted_at_the_store() {
     let setup = pishkhan();
-    setup.emulator.inject(Fault { times: 2, ..fault("validate", 503, "") });
+    setup.emulator.inject(Fault { times: 2, ..Fault::answering("validate", 503, "") });
     assert_eq!(verify(&setup, "coins_100", "bz-purchased").unwrap().verdict(), Verdict::Valid);
     assert_eq!(setup.emulator.count("validate"), 3);
 
-    setup.emulator.inject(Fault { times: 4, ..fault("validate", 500, "server_error") });
+    setup.emulator.inject(Fault { times: 4, ..Fault::answering("validate", 500, "server_error") });
     let err = verify(&setup, "coins_100", "bz-purchased").unwrap_err();
     assert_eq!((err.code(), err.reason(), err.is_retryable()), (Code::Unavailable, "server_error", true));
     assert_eq!(setup.emulator.count("validate"), 7, "four attempts");
 
-    setup.emulator.inject(Fault { retry_after_secs: Some(1), ..fault("validate", 429, "") });
+    setup.emulator.inject(Fault { retry_after_secs: Some(1), ..Fault::answering("validate", 429, "") });
     let before = setup.kit.now_unix_millis();
     verify(&setup, "coins_100", "bz-purchased").unwrap();
     assert_eq!(setup.kit.now_unix_millis() - before, 1_000, "Retry-After honoured");
 
-    setup.emulator.inject(Fault { malformed: true, ..fault("validate", 200, "") });
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("validate", 200, "") });
     assert_eq!(verify(&setup, "coins_100", "bz-purchased").unwrap_err().code(), Code::Internal);
 }
 

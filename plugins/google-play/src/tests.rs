@@ -102,15 +102,6 @@ fn add_purchase(setup: &Setup, token: &str, product: &str, fields: serde_json::V
     setup.emulator.add_purchase(serde_json::from_value::<SeedPurchase>(purchase).unwrap());
 }
 
-fn fault(operation: &str, status: u16, reason: &str) -> Fault {
-    Fault {
-        operation: Some(operation.into()),
-        status: Some(status),
-        reason: (!reason.is_empty()).then(|| reason.to_owned()),
-        ..Fault::default()
-    }
-}
-
 #[test]
 fn every_purchase_state_is_a_verdict() {
     let setup = setup();
@@ -134,10 +125,10 @@ fn every_purchase_state_is_a_verdict() {
         assert_eq!(answer.purchase.unwrap().state(), state, "{token}");
     }
     // A token past Google's retention: expired, as a verdict; for a write it is not found.
-    setup.emulator.inject(fault("products.get", 410, "purchaseTokenNoLongerValid"));
+    setup.emulator.inject(Fault::answering("products.get", 410, "purchaseTokenNoLongerValid"));
     let expired = verify(&setup, "coins_100", "gp-purchased").unwrap();
     assert_eq!(expired.verdict(), Verdict::Expired, "{}", expired.verdict_reason);
-    setup.emulator.inject(fault("products.get", 410, "purchaseTokenNoLongerValid"));
+    setup.emulator.inject(Fault::answering("products.get", 410, "purchaseTokenNoLongerValid"));
     let err = consume(&setup, "coins_100", "gp-purchased").unwrap_err();
     assert_eq!((err.code(), err.reason()), (Code::NotFound, "purchaseTokenNoLongerValid"));
 
@@ -255,7 +246,7 @@ fn every_error_row_maps_to_a_documented_code() {
     ];
     let setup = setup();
     for (status, reason, code) in table {
-        setup.emulator.inject(fault("products.get", status, reason));
+        setup.emulator.inject(Fault::answering("products.get", status, reason));
         let err = verify(&setup, "coins_100", "gp-purchased").unwrap_err();
         assert_eq!((err.code(), err.reason(), err.http_status()), (code, reason, status), "{reason}: {err}");
         assert!(!err.is_retryable(), "{reason} is not worth retrying");
@@ -276,24 +267,24 @@ fn every_error_row_maps_to_a_documented_code() {
 fn transient_errors_are_retried_and_counted_at_the_store() {
     let setup = setup();
     // 409 once, then success.
-    setup.emulator.inject(fault("products.get", 409, "concurrentUpdate"));
+    setup.emulator.inject(Fault::answering("products.get", 409, "concurrentUpdate"));
     assert_eq!(verify(&setup, "coins_100", "gp-purchased").unwrap().verdict(), Verdict::Valid);
     assert_eq!(setup.emulator.count("products.get"), 2);
 
     // 5xx twice, then success.
-    setup.emulator.inject(Fault { times: 2, ..fault("products.get", 503, "") });
+    setup.emulator.inject(Fault { times: 2, ..Fault::answering("products.get", 503, "") });
     assert_eq!(verify(&setup, "coins_100", "gp-purchased").unwrap().verdict(), Verdict::Valid);
     assert_eq!(setup.emulator.count("products.get"), 5);
 
     // Always 500: four attempts (the configured default), then UNAVAILABLE.
-    setup.emulator.inject(Fault { times: 100, ..fault("products.get", 500, "backendError") });
+    setup.emulator.inject(Fault { times: 100, ..Fault::answering("products.get", 500, "backendError") });
     let err = verify(&setup, "coins_100", "gp-purchased").unwrap_err();
     assert_eq!((err.code(), err.reason(), err.is_retryable()), (Code::Unavailable, "backendError", true), "{err}");
     assert_eq!(setup.emulator.count("products.get"), 9);
 
     // Always 409: ABORTED after the same four attempts.
     let setup = self::setup();
-    setup.emulator.inject(Fault { times: 100, ..fault("products.get", 409, "concurrentUpdate") });
+    setup.emulator.inject(Fault { times: 100, ..Fault::answering("products.get", 409, "concurrentUpdate") });
     let before = setup.kit.now_unix_millis();
     let err = verify(&setup, "coins_100", "gp-purchased").unwrap_err();
     assert_eq!((err.code(), err.reason()), (Code::Aborted, "concurrentUpdate"), "{err}");
@@ -304,14 +295,18 @@ fn transient_errors_are_retried_and_counted_at_the_store() {
 #[test]
 fn retry_after_is_honoured_or_handed_to_the_caller() {
     let setup = setup();
-    setup.emulator.inject(Fault { retry_after_secs: Some(2), ..fault("products.get", 429, "rateLimitExceeded") });
+    setup
+        .emulator
+        .inject(Fault { retry_after_secs: Some(2), ..Fault::answering("products.get", 429, "rateLimitExceeded") });
     let before = setup.kit.now_unix_millis();
     assert_eq!(verify(&setup, "coins_100", "gp-purchased").unwrap().verdict(), Verdict::Valid);
     assert_eq!(setup.kit.now_unix_millis() - before, 2_000, "waited exactly what Retry-After asked");
     assert_eq!(setup.emulator.count("products.get"), 2);
 
     // Longer than max_retry_after_ms (5 s): no wait, the caller gets the delay.
-    setup.emulator.inject(Fault { retry_after_secs: Some(60), ..fault("products.get", 429, "rateLimitExceeded") });
+    setup
+        .emulator
+        .inject(Fault { retry_after_secs: Some(60), ..Fault::answering("products.get", 429, "rateLimitExceeded") });
     let err = verify(&setup, "coins_100", "gp-purchased").unwrap_err();
     assert_eq!((err.code(), err.reason()), (Code::ResourceExhausted, "rateLimitExceeded"), "{err}");
     assert_eq!(err.retry_after_delay(), Some(Duration::from_secs(60)));
@@ -321,7 +316,7 @@ fn retry_after_is_honoured_or_handed_to_the_caller() {
 #[test]
 fn malformed_and_foreign_answers_are_internal_errors() {
     let setup = setup();
-    setup.emulator.inject(Fault { malformed: true, ..fault("products.get", 200, "") });
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("products.get", 200, "") });
     let err = verify(&setup, "coins_100", "gp-purchased").unwrap_err();
     assert_eq!((err.code(), err.http_status()), (Code::Internal, 200), "{err}");
     assert!(err.message().contains("malformed json"), "{err}");
@@ -379,7 +374,7 @@ fn acknowledge_and_consume_refusals_carry_googles_reason() {
 
     // A concurrent acknowledge between our read and our write: Google says
     // invalidPurchaseState, a fresh read shows it acknowledged, so it is done.
-    setup.emulator.inject(fault("products.acknowledge", 400, "invalidPurchaseState"));
+    setup.emulator.inject(Fault::answering("products.acknowledge", 400, "invalidPurchaseState"));
     add_purchase(&setup, "gp-raced", "remove_ads", json!({"purchaseState": 0, "acknowledgementState": 0}));
     let err = acknowledge(&setup, "remove_ads", "gp-raced", "").unwrap_err();
     assert_eq!(err.reason(), "invalidPurchaseState", "still unacknowledged on re-read: the refusal stands");
@@ -407,7 +402,7 @@ fn one_access_token_serves_many_calls_until_it_expires_or_is_revoked() {
     assert_eq!(setup.emulator.count("products.get"), 8, "one refused, one retried");
 
     // A 401 even with a fresh token is the store's refusal.
-    setup.emulator.inject(Fault { times: 2, ..fault("products.get", 401, "authError") });
+    setup.emulator.inject(Fault { times: 2, ..Fault::answering("products.get", 401, "authError") });
     let err = verify(&setup, "coins_100", "gp-purchased").unwrap_err();
     assert_eq!((err.code(), err.reason()), (Code::Unauthenticated, "authError"), "{err}");
     assert_eq!(setup.emulator.count("token"), 4, "exactly one refresh after a 401");
@@ -424,7 +419,7 @@ fn the_assertion_is_checked_by_the_token_endpoint() {
 
     // The token endpoint's 5xx are retried like the API's.
     let setup = self::setup();
-    setup.emulator.inject(fault("token", 503, ""));
+    setup.emulator.inject(Fault::answering("token", 503, ""));
     verify(&setup, "coins_100", "gp-purchased").unwrap();
     assert_eq!(setup.emulator.count("token"), 2);
 }

@@ -19,12 +19,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{Emulator, Fault, Faults, Request, Response};
+use crate::store::{self, Controls, StoreState};
+use crate::{Emulator, Fault, Request, Response};
 
 /// The state a new emulator starts with when none is given.
 pub const DEFAULT_STATE: &str = include_str!("cafe_bazaar_state.json");
@@ -42,10 +42,8 @@ struct State {
     purchases: HashMap<String, Purchase>,
     /// access token → expiry, unix seconds.
     access_tokens: HashMap<String, i64>,
-    faults: Faults,
-    counts: BTreeMap<String, u64>,
+    controls: Controls,
     tokens_issued: u64,
-    clock: Option<i64>,
 }
 
 /// An emulator state file.
@@ -147,7 +145,7 @@ impl CafeBazaar {
 
     /// Queues a fault (operations: `token`, `validate`, `consume`).
     pub fn inject(&self, fault: Fault) {
-        self.lock().faults.inject(fault);
+        self.lock().controls.inject(fault);
     }
 
     /// Invalidates every access token issued so far.
@@ -157,12 +155,12 @@ impl CafeBazaar {
 
     /// Freezes the clock at `unix_millis`.
     pub fn set_clock(&self, unix_millis: i64) {
-        self.lock().clock = Some(unix_millis);
+        self.lock().controls.set_clock(unix_millis);
     }
 
     /// How many requests an operation received, faults included.
     pub fn count(&self, operation: &str) -> u64 {
-        self.lock().counts.get(operation).copied().unwrap_or(0)
+        self.lock().controls.count(operation)
     }
 
     /// A purchase as the store has it now.
@@ -177,50 +175,56 @@ impl CafeBazaar {
 
 impl Emulator for CafeBazaar {
     fn handle(&self, request: &Request) -> Response {
-        let mut state = self.lock();
-        let mut segments = request.segments();
-        if segments.last().is_some_and(String::is_empty) {
-            segments.pop();
-        }
-        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-        if let ["emulator", "v1", control] = segments.as_slice() {
-            return state.control(request, control);
-        }
-        let operation = match (request.method.as_str(), segments.as_slice()) {
+        store::handle(&mut *self.lock(), request)
+    }
+}
+
+impl StoreState for State {
+    type Purchase = Purchase;
+    const TRAILING_SLASH_OPTIONAL: bool = true;
+
+    fn controls(&mut self) -> &mut Controls {
+        &mut self.controls
+    }
+
+    fn operation(method: &str, segments: &[&str]) -> &'static str {
+        match (method, segments) {
             ("POST", ["devapi", "v2", "auth", "token"]) => "token",
             ("GET", ["devapi", "v2", "api", "validate", _, "inapp", _, "purchases", _]) => "validate",
             ("POST", ["devapi", "v2", "api", "consume", _, "purchases"]) => "consume",
             _ => "unknown",
-        };
-        *state.counts.entry(operation.to_owned()).or_default() += 1;
-        let fault = state.faults.take(operation);
-        if let Some(answer) = fault.as_ref().and_then(|fault| {
-            fault.answer(|status, reason| {
-                bazaar_error(status, reason.unwrap_or(default_reason(status)), "Emulated error.")
-            })
-        }) {
-            return answer;
         }
-        let mut response = match (operation, segments.as_slice()) {
-            ("token", _) => state.token(request),
+    }
+
+    fn fault_error(status: u16, reason: Option<&str>) -> Response {
+        bazaar_error(status, reason.unwrap_or(default_reason(status)), "Emulated error.")
+    }
+
+    fn serve(&mut self, request: &Request, segments: &[&str]) -> Response {
+        match (Self::operation(&request.method, segments), segments) {
+            ("token", _) => self.token(request),
             ("validate", [.., package, "inapp", product, "purchases", token]) => {
-                state.authorized(request, package).unwrap_or_else(|| state.validate(package, product, token))
+                self.authorized(request, package).unwrap_or_else(|| self.validate(package, product, token))
             }
             ("consume", [.., package, "purchases"]) => {
-                state.authorized(request, package).unwrap_or_else(|| state.consume(package, &request.body))
+                self.authorized(request, package).unwrap_or_else(|| self.consume(package, &request.body))
             }
             _ => bazaar_error(404, "not_found", "The requested URL was not found on this server."),
-        };
-        response.delay = fault.map_or(response.delay, |fault| fault.delay());
-        response
+        }
+    }
+
+    fn add_purchase(&mut self, purchase: Purchase) {
+        self.purchases.insert(purchase.purchase_token.clone(), purchase);
+    }
+
+    fn revoke_tokens(&mut self) {
+        self.access_tokens.clear();
     }
 }
 
 impl State {
     fn now_secs(&self) -> i64 {
-        self.clock.unwrap_or_else(|| {
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        }) / 1000
+        self.controls.now_millis() / 1000
     }
 
     fn token(&mut self, request: &Request) -> Response {
@@ -318,32 +322,6 @@ impl State {
         }
         purchase.consumption_state = 0;
         Response::json(200, &json!({}))
-    }
-
-    fn control(&mut self, request: &Request, control: &str) -> Response {
-        let bad = |err: serde_json::Error| Response::json(400, &json!({"error": err.to_string()}));
-        match (request.method.as_str(), control) {
-            ("POST", "purchases") => match serde_json::from_slice::<Purchase>(&request.body) {
-                Ok(purchase) => {
-                    self.purchases.insert(purchase.purchase_token.clone(), purchase);
-                    Response::json(200, &json!({}))
-                }
-                Err(err) => bad(err),
-            },
-            ("POST", "faults") => match serde_json::from_slice::<Fault>(&request.body) {
-                Ok(fault) => {
-                    self.faults.inject(fault);
-                    Response::json(200, &json!({}))
-                }
-                Err(err) => bad(err),
-            },
-            ("POST", "tokens:revoke") => {
-                self.access_tokens.clear();
-                Response::json(200, &json!({}))
-            }
-            ("GET", "stats") => Response::json(200, &json!({"requests": self.counts})),
-            _ => Response::json(404, &json!({"error": format!("no control {} {control}", request.method)})),
-        }
     }
 }
 

@@ -35,13 +35,24 @@ pub struct Fault {
 }
 
 impl Fault {
+    /// A fault that answers `operation` once with `status` and `reason` (the
+    /// store's default reason for the status if empty).
+    pub fn answering(operation: &str, status: u16, reason: &str) -> Fault {
+        Fault {
+            operation: Some(operation.to_owned()),
+            status: Some(status),
+            reason: (!reason.is_empty()).then(|| reason.to_owned()),
+            ..Fault::default()
+        }
+    }
+
     /// The answer to serve, or `None` when the fault only delays the normal
     /// answer. `error` builds the store's error body for a status and reason.
     pub fn answer(&self, error: impl FnOnce(u16, Option<&str>) -> Response) -> Option<Response> {
         let status = self.status?;
         let mut response = if self.malformed {
             let mut response = Response::json(status, &serde_json::Value::Null);
-            response.body = b"{\"kind\": \"androidpublisher#productPurchase\", \"purchaseSt".to_vec();
+            response.body = b"{\"purchaseState\": 0, \"consumptionSt".to_vec();
             response
         } else {
             error(status, self.reason.as_deref())

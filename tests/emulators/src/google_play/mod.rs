@@ -23,12 +23,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::{Emulator, Fault, Faults, Request, Response};
+use crate::store::{self, Controls, StoreState};
+use crate::{Emulator, Fault, Request, Response};
 
 /// The audience Google's token endpoint expects.
 pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
@@ -54,12 +55,9 @@ struct State {
     access_tokens: HashMap<String, (String, i64)>,
     apps: BTreeMap<String, App>,
     purchases: HashMap<String, StoredPurchase>,
-    faults: Faults,
-    counts: BTreeMap<String, u64>,
+    controls: Controls,
     tokens_issued: u64,
     token_lifetime_secs: i64,
-    /// A fixed clock (unix millis) for tests; the system clock if `None`.
-    clock: Option<i64>,
 }
 
 /// An emulator state file.
@@ -149,7 +147,7 @@ impl GooglePlay {
 
     /// Queues a fault; faults hit requests in the order queued.
     pub fn inject(&self, fault: Fault) {
-        self.lock().faults.inject(fault);
+        self.lock().controls.inject(fault);
     }
 
     /// Invalidates every access token issued so far (the API answers 401).
@@ -164,12 +162,12 @@ impl GooglePlay {
 
     /// Freezes the clock at `unix_millis` (tests that move the plugin's clock).
     pub fn set_clock(&self, unix_millis: i64) {
-        self.lock().clock = Some(unix_millis);
+        self.lock().controls.set_clock(unix_millis);
     }
 
     /// How many requests an operation received, faults included.
     pub fn count(&self, operation: &str) -> u64 {
-        self.lock().counts.get(operation).copied().unwrap_or(0)
+        self.lock().controls.count(operation)
     }
 
     /// A purchase's current `ProductPurchase` fields.
@@ -184,27 +182,36 @@ impl GooglePlay {
 
 impl Emulator for GooglePlay {
     fn handle(&self, request: &Request) -> Response {
-        let mut state = self.lock();
-        let segments = request.segments();
-        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-        if let ["emulator", "v1", control] = segments.as_slice() {
-            return state.control(request, control);
-        }
-        let route = Route::of(&request.method, &segments);
-        *state.counts.entry(route.operation().to_owned()).or_default() += 1;
-        let fault = state.faults.take(route.operation());
-        if let Some(answer) = fault.as_ref().and_then(|fault| {
-            fault.answer(|status, reason| {
-                let reason = reason.unwrap_or_else(|| default_reason(status));
-                google_error(status, reason, &default_message(reason))
-            })
-        }) {
-            return answer;
-        }
-        let delay = fault.map_or(Duration::ZERO, |fault| fault.delay());
-        let mut response = state.route(request, route);
-        response.delay = delay;
-        response
+        store::handle(&mut *self.lock(), request)
+    }
+}
+
+impl StoreState for State {
+    type Purchase = SeedPurchase;
+
+    fn controls(&mut self) -> &mut Controls {
+        &mut self.controls
+    }
+
+    fn operation(method: &str, segments: &[&str]) -> &'static str {
+        Route::of(method, segments).operation()
+    }
+
+    fn fault_error(status: u16, reason: Option<&str>) -> Response {
+        let reason = reason.unwrap_or_else(|| default_reason(status));
+        google_error(status, reason, &default_message(reason))
+    }
+
+    fn serve(&mut self, request: &Request, segments: &[&str]) -> Response {
+        self.route(request, Route::of(&request.method, segments))
+    }
+
+    fn add_purchase(&mut self, purchase: SeedPurchase) {
+        self.insert_purchase(purchase);
+    }
+
+    fn revoke_tokens(&mut self) {
+        self.access_tokens.clear();
     }
 }
 
@@ -259,12 +266,6 @@ impl<'a> Route<'a> {
 }
 
 impl State {
-    fn now_millis(&self) -> i64 {
-        self.clock.unwrap_or_else(|| {
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        })
-    }
-
     fn insert_purchase(&mut self, purchase: SeedPurchase) {
         let mut fields = Map::new();
         fields.insert("kind".to_owned(), json!("androidpublisher#productPurchase"));
@@ -363,7 +364,7 @@ impl State {
         if audience != GOOGLE_TOKEN_URL && audience != own_url {
             return oauth_error("invalid_grant", "Invalid JWT: Failed audience check.");
         }
-        let now = self.now_millis() / 1000;
+        let now = self.controls.now_millis() / 1000;
         let (Some(issued), Some(expires)) = (claims["iat"].as_i64(), claims["exp"].as_i64()) else {
             return oauth_error("invalid_grant", "Invalid JWT: iat and exp are required.");
         };
@@ -397,7 +398,7 @@ impl State {
             ));
         };
         match self.access_tokens.get(token) {
-            Some((_, expires)) if *expires > self.now_millis() / 1000 => {}
+            Some((_, expires)) if *expires > self.controls.now_millis() / 1000 => {}
             _ => {
                 return Err(google_error(
                     401,
@@ -484,32 +485,6 @@ impl State {
             body.insert("nextPageToken".to_owned(), json!(format!("pt.{end}")));
         }
         Response::json(200, &Value::Object(body))
-    }
-
-    fn control(&mut self, request: &Request, control: &str) -> Response {
-        let bad = |err: serde_json::Error| Response::json(400, &json!({"error": err.to_string()}));
-        match (request.method.as_str(), control) {
-            ("POST", "purchases") => match serde_json::from_slice::<SeedPurchase>(&request.body) {
-                Ok(purchase) => {
-                    self.insert_purchase(purchase);
-                    Response::json(200, &json!({}))
-                }
-                Err(err) => bad(err),
-            },
-            ("POST", "faults") => match serde_json::from_slice::<Fault>(&request.body) {
-                Ok(fault) => {
-                    self.faults.inject(fault);
-                    Response::json(200, &json!({}))
-                }
-                Err(err) => bad(err),
-            },
-            ("POST", "tokens:revoke") => {
-                self.access_tokens.clear();
-                Response::json(200, &json!({}))
-            }
-            ("GET", "stats") => Response::json(200, &json!({"requests": self.counts})),
-            _ => Response::json(404, &json!({"error": format!("no control {} {control}", request.method)})),
-        }
     }
 }
 

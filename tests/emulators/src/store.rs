@@ -1,0 +1,113 @@
+//! What every store emulator does the same way: count requests, serve the
+//! queued faults, keep a test clock and answer the `/emulator/v1/…` controls.
+//! A store supplies only its routes, its error body and its state.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::{Fault, Faults, Request, Response};
+
+/// The test controls of one emulator.
+#[derive(Debug, Default)]
+pub(crate) struct Controls {
+    faults: Faults,
+    counts: BTreeMap<String, u64>,
+    /// A fixed clock (unix millis) for tests; the system clock if `None`.
+    clock: Option<i64>,
+}
+
+impl Controls {
+    pub(crate) fn inject(&mut self, fault: Fault) {
+        self.faults.inject(fault);
+    }
+
+    pub(crate) fn count(&self, operation: &str) -> u64 {
+        self.counts.get(operation).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn set_clock(&mut self, unix_millis: i64) {
+        self.clock = Some(unix_millis);
+    }
+
+    pub(crate) fn now_millis(&self) -> i64 {
+        self.clock.unwrap_or_else(|| {
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        })
+    }
+
+    /// Counts a request for `operation` and takes the fault that hits it.
+    fn hit(&mut self, operation: &str) -> Option<Fault> {
+        *self.counts.entry(operation.to_owned()).or_default() += 1;
+        self.faults.take(operation)
+    }
+}
+
+/// A store's part of an emulator.
+pub(crate) trait StoreState {
+    /// What `POST /emulator/v1/purchases` takes.
+    type Purchase: DeserializeOwned;
+    /// Whether a path's trailing slash may be left out (Bazaar's paths end in one).
+    const TRAILING_SLASH_OPTIONAL: bool = false;
+
+    fn controls(&mut self) -> &mut Controls;
+    /// The operation a request asks for, as faults and counts name it.
+    fn operation(method: &str, segments: &[&str]) -> &'static str;
+    /// The store's error body for an injected fault.
+    fn fault_error(status: u16, reason: Option<&str>) -> Response;
+    /// The store's normal answer.
+    fn serve(&mut self, request: &Request, segments: &[&str]) -> Response;
+    fn add_purchase(&mut self, purchase: Self::Purchase);
+    fn revoke_tokens(&mut self);
+}
+
+/// Answers one request: a control, an injected fault, or the store's answer
+/// (delayed if a fault says so).
+pub(crate) fn handle<S: StoreState>(store: &mut S, request: &Request) -> Response {
+    let mut segments = request.segments();
+    if S::TRAILING_SLASH_OPTIONAL && segments.last().is_some_and(String::is_empty) {
+        segments.pop();
+    }
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    if let ["emulator", "v1", control] = segments.as_slice() {
+        return answer_control(store, request, control);
+    }
+    let fault = store.controls().hit(S::operation(&request.method, &segments));
+    if let Some(answer) = fault.as_ref().and_then(|fault| fault.answer(S::fault_error)) {
+        return answer;
+    }
+    let mut response = store.serve(request, &segments);
+    if let Some(fault) = fault {
+        response.delay = fault.delay();
+    }
+    response
+}
+
+fn answer_control<S: StoreState>(store: &mut S, request: &Request, control: &str) -> Response {
+    let ok = || Response::json(200, &json!({}));
+    let bad = |err: serde_json::Error| Response::json(400, &json!({"error": err.to_string()}));
+    match (request.method.as_str(), control) {
+        ("POST", "purchases") => match serde_json::from_slice::<S::Purchase>(&request.body) {
+            Ok(purchase) => {
+                store.add_purchase(purchase);
+                ok()
+            }
+            Err(err) => bad(err),
+        },
+        ("POST", "faults") => match serde_json::from_slice::<Fault>(&request.body) {
+            Ok(fault) => {
+                store.controls().inject(fault);
+                ok()
+            }
+            Err(err) => bad(err),
+        },
+        ("POST", "tokens:revoke") => {
+            store.revoke_tokens();
+            ok()
+        }
+        ("GET", "stats") => Response::json(200, &json!({"requests": store.controls().counts})),
+        _ => Response::json(404, &json!({"error": format!("no control {} {control}", request.method)})),
+    }
+}
