@@ -124,6 +124,12 @@ impl HttpResponse {
         &self.0.body
     }
 
+    /// `Retry-After` as a number of seconds (HTTP dates are not read: the
+    /// stores iapd knows send seconds).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.header("retry-after")?.trim().parse::<u64>().ok().map(Duration::from_secs)
+    }
+
     /// The body parsed as JSON.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, PluginError> {
         serde_json::from_slice(&self.0.body).map_err(|err| {
@@ -141,6 +147,16 @@ impl HttpResponse {
     pub fn from_proto(response: proto::HttpResponse) -> Self {
         HttpResponse(response)
     }
+}
+
+/// Characters left as they are in a URL path segment (RFC 3986 unreserved).
+const PATH_SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// `value` percent-encoded for use as one URL path segment (a product id or
+/// a purchase token the caller sent).
+pub fn path_segment(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, PATH_SEGMENT).to_string()
 }
 
 fn find_header<'a>(headers: &'a [proto::Header], name: &str) -> Option<&'a str> {

@@ -60,6 +60,7 @@
 //! loads in any host of ABI major 1 whose minor is at least the SDK's.
 
 pub mod abi;
+pub mod checks;
 mod error;
 #[allow(unsafe_code)]
 #[doc(hidden)]
@@ -77,7 +78,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{Code, PluginError};
-pub use http::{HttpRequest, HttpResponse};
+pub use http::{HttpRequest, HttpResponse, path_segment};
 
 /// The plugin contract messages (`proto/iapd/plugin/v1/plugin.proto`).
 #[allow(missing_docs, unreachable_pub, missing_debug_implementations)]

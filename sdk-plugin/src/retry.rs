@@ -28,6 +28,18 @@ impl Default for Retry {
     }
 }
 
+impl Retry {
+    /// Refuses settings that cannot work, naming the key under `stores.<store_id>.config`.
+    pub fn check(&self, store_id: &str) -> Result<(), PluginError> {
+        if self.max_attempts == 0 {
+            return Err(PluginError::invalid_argument(format!(
+                "config key `stores.{store_id}.config.retry.max_attempts`: must be at least 1"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails for good, or the retries run out.
 /// Errors marked [`PluginError::retryable`] are retried with exponential
 /// backoff and jitter; one with a [`PluginError::retry_after`] waits that

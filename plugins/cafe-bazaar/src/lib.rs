@@ -17,6 +17,8 @@
 
 use std::sync::Mutex;
 
+use iapd_sdk_plugin::checks;
+use iapd_sdk_plugin::path_segment as segment;
 use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::proto::{
     self, AcknowledgementState, ConsumptionState, Environment, ProductKind, PurchaseState, Verdict,
@@ -24,7 +26,6 @@ use iapd_sdk_plugin::proto::{
 use iapd_sdk_plugin::retry::{Retry, with_retries};
 use iapd_sdk_plugin::sync::{AccessToken, TokenCache};
 use iapd_sdk_plugin::{Secret, log};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
 /// The store.
@@ -129,12 +130,6 @@ struct QuotaDay {
     calls: u64,
 }
 
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-fn segment(value: &str) -> String {
-    utf8_percent_encode(value, SEGMENT).to_string()
-}
-
 /// Bazaar's validate answer.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -184,11 +179,7 @@ impl Store for CafeBazaar {
                 "config key `stores.{store}.config.packages`: list the package names this store serves"
             )));
         }
-        if config.retry.max_attempts == 0 {
-            return Err(PluginError::invalid_argument(format!(
-                "config key `stores.{store}.config.retry.max_attempts`: must be at least 1"
-            )));
-        }
+        config.retry.check(store)?;
         let credentials = match config.auth {
             AuthScheme::OAuth => {
                 if config.client_id.as_deref().is_none_or(str::is_empty) {
@@ -305,13 +296,7 @@ impl CafeBazaar {
     }
 
     fn check_package(&self, package: &str) -> Result<(), PluginError> {
-        if self.config.packages.iter().any(|allowed| allowed == package) {
-            return Ok(());
-        }
-        Err(PluginError::permission_denied(format!(
-            "app_id: package `{package}` is not one this store serves (config `packages`)"
-        ))
-        .with_reason("PACKAGE_NOT_ALLOWED"))
+        checks::allowed_package(&self.config.packages, package)
     }
 
     async fn validate(&self, cx: &Ctx, package: &str, product: &str, token: &str) -> Result<Answer, PluginError> {
@@ -414,10 +399,8 @@ impl CafeBazaar {
                         .with_reason(if error.error.is_empty() { "UPSTREAM_ERROR".to_owned() } else { error.error })
                         .with_http_status(status)
                         .retryable(true);
-                        if let Some(seconds) =
-                            response.header("retry-after").and_then(|value| value.trim().parse().ok())
-                        {
-                            err = err.retry_after(std::time::Duration::from_secs(seconds));
+                        if let Some(delay) = response.retry_after() {
+                            err = err.retry_after(delay);
                         }
                         return Err(err);
                     }
@@ -531,11 +514,7 @@ fn refusal(status: u16, error: &BazaarError, what: &str) -> PluginError {
 }
 
 fn purchase_token(proof: Option<&proto::Proof>) -> Result<&str, PluginError> {
-    match proof.and_then(|proof| proof.kind.as_ref()) {
-        Some(proto::proof::Kind::PurchaseToken(token)) if !token.is_empty() => Ok(token),
-        _ => Err(PluginError::invalid_argument("proof: cafe bazaar verifies a `purchase_token`")
-            .with_reason("UNSUPPORTED_PROOF")),
-    }
+    checks::purchase_token(proof, "cafe bazaar")
 }
 
 export_store!(CafeBazaar);

@@ -2,11 +2,8 @@
 //! refresh after a 401, retries with backoff for what Google says to retry
 //! (409 `concurrentUpdate`, 429, 5xx), and Google's error envelope.
 
-use std::time::Duration;
-
 use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::retry::{Retry, with_retries};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
 use crate::auth::TokenSource;
@@ -26,15 +23,10 @@ pub(crate) fn transient_error(response: &HttpResponse, what: &str) -> PluginErro
         .with_reason(reason)
         .with_http_status(status)
         .retryable(true);
-    if let Some(delay) = retry_after(response) {
+    if let Some(delay) = response.retry_after() {
         err = err.retry_after(delay);
     }
     err
-}
-
-/// `Retry-After` in seconds (Google does not send HTTP dates).
-fn retry_after(response: &HttpResponse) -> Option<Duration> {
-    response.header("retry-after")?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// Google's error envelope: `{"error":{"code","message","errors":[{"reason"}],"status"}}`.
@@ -110,14 +102,6 @@ pub(crate) struct Client {
     pub(crate) api_root: String,
     pub(crate) tokens: TokenSource,
     pub(crate) retry: Retry,
-}
-
-/// Characters left as they are in a path segment (RFC 3986 unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-/// A path segment, percent-encoded.
-pub(crate) fn segment(value: &str) -> String {
-    utf8_percent_encode(value, SEGMENT).to_string()
 }
 
 impl Client {

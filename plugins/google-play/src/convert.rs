@@ -15,17 +15,29 @@ use crate::{AccountIdHash, Config};
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ProductPurchase {
     purchase_time_millis: Option<String>,
-    pub(crate) purchase_state: Option<i32>,
-    pub(crate) consumption_state: Option<i32>,
+    purchase_state: Option<i32>,
+    consumption_state: Option<i32>,
     developer_payload: Option<String>,
     order_id: Option<String>,
     purchase_type: Option<i32>,
-    pub(crate) acknowledgement_state: Option<i32>,
+    acknowledgement_state: Option<i32>,
     quantity: Option<i32>,
     obfuscated_external_account_id: Option<String>,
     obfuscated_external_profile_id: Option<String>,
     region_code: Option<String>,
     refundable_quantity: Option<i32>,
+}
+
+impl ProductPurchase {
+    /// Acknowledged and still owned (a consumed purchase counts as consumed, not acknowledged).
+    pub(crate) fn is_acknowledged(&self) -> bool {
+        self.purchase_state == Some(0) && self.acknowledgement_state == Some(1) && self.consumption_state != Some(1)
+    }
+
+    /// Consumed.
+    pub(crate) fn is_consumed(&self) -> bool {
+        self.purchase_state == Some(0) && self.consumption_state == Some(1)
+    }
 }
 
 /// `purchaseType` values (absent for a standard purchase).

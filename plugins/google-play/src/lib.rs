@@ -16,6 +16,8 @@ mod api;
 mod auth;
 mod convert;
 
+use iapd_sdk_plugin::checks;
+use iapd_sdk_plugin::path_segment as segment;
 use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::proto::{self, ProductKind, Verdict};
 use iapd_sdk_plugin::sync::SingleFlight;
@@ -23,7 +25,7 @@ use serde::Deserialize;
 
 use iapd_sdk_plugin::retry::Retry;
 
-use crate::api::{Answer, Client, GoogleError, segment};
+use crate::api::{Answer, Client, GoogleError};
 use crate::auth::{ServiceAccount, TokenSource};
 
 /// The store.
@@ -116,11 +118,7 @@ impl Store for GooglePlay {
                 "config key `stores.{store}.config.packages`: list the package names this service account serves"
             )));
         }
-        if config.retry.max_attempts == 0 {
-            return Err(PluginError::invalid_argument(format!(
-                "config key `stores.{store}.config.retry.max_attempts`: must be at least 1"
-            )));
-        }
+        config.retry.check(store)?;
         let key = init.secret(&config.service_account_secret)?;
         let account = ServiceAccount::parse(&config.service_account_secret, key.expose())?;
         let client = Client {
@@ -153,63 +151,25 @@ impl Store for GooglePlay {
     ) -> Result<proto::AcknowledgeResponse, PluginError> {
         let token = purchase_token(request.proof.as_ref())?;
         self.check_package(&request.app_id)?;
-        let acknowledged = |purchase: &convert::ProductPurchase| {
-            purchase.purchase_state == Some(0)
-                && purchase.acknowledgement_state == Some(1)
-                && purchase.consumption_state != Some(1)
-        };
-        let current = self.current(cx, &request.app_id, &request.product_id, token).await?;
-        if acknowledged(&current) {
-            return Ok(proto::AcknowledgeResponse { already_acknowledged: true });
-        }
         let body = if request.developer_payload.is_empty() {
             serde_json::json!({})
         } else {
             serde_json::json!({ "developerPayload": request.developer_payload })
         };
-        let url = self.purchase_url(&request.app_id, &request.product_id, token, ":acknowledge");
-        let answer = self
-            .client
-            .send(cx, "purchases.products.acknowledge", || {
-                HttpRequest::post(url.as_str()).header("content-type", "application/json").body(body.to_string())
-            })
+        let purchase = (request.app_id.as_str(), request.product_id.as_str(), token);
+        let already_acknowledged = self
+            .change_once(cx, purchase, "acknowledge", Some(body.to_string()), convert::ProductPurchase::is_acknowledged)
             .await?;
-        match answer {
-            Answer::Success(_) => Ok(proto::AcknowledgeResponse { already_acknowledged: false }),
-            Answer::Refused(google) => {
-                // Another caller may have acknowledged it meanwhile.
-                if google.reason == "invalidPurchaseState"
-                    && acknowledged(&self.current(cx, &request.app_id, &request.product_id, token).await?)
-                {
-                    return Ok(proto::AcknowledgeResponse { already_acknowledged: true });
-                }
-                Err(google.to_plugin_error("purchases.products.acknowledge"))
-            }
-        }
+        Ok(proto::AcknowledgeResponse { already_acknowledged })
     }
 
     async fn consume(&self, cx: &Ctx, request: proto::ConsumeRequest) -> Result<proto::ConsumeResponse, PluginError> {
         let token = purchase_token(request.proof.as_ref())?;
         self.check_package(&request.app_id)?;
-        let consumed = |purchase: &convert::ProductPurchase| {
-            purchase.purchase_state == Some(0) && purchase.consumption_state == Some(1)
-        };
-        if consumed(&self.current(cx, &request.app_id, &request.product_id, token).await?) {
-            return Ok(proto::ConsumeResponse { already_consumed: true });
-        }
-        let url = self.purchase_url(&request.app_id, &request.product_id, token, ":consume");
-        let answer = self.client.send(cx, "purchases.products.consume", || HttpRequest::post(url.as_str())).await?;
-        match answer {
-            Answer::Success(_) => Ok(proto::ConsumeResponse { already_consumed: false }),
-            Answer::Refused(google) => {
-                if google.reason == "invalidPurchaseState"
-                    && consumed(&self.current(cx, &request.app_id, &request.product_id, token).await?)
-                {
-                    return Ok(proto::ConsumeResponse { already_consumed: true });
-                }
-                Err(google.to_plugin_error("purchases.products.consume"))
-            }
-        }
+        let purchase = (request.app_id.as_str(), request.product_id.as_str(), token);
+        let already_consumed =
+            self.change_once(cx, purchase, "consume", None, convert::ProductPurchase::is_consumed).await?;
+        Ok(proto::ConsumeResponse { already_consumed })
     }
 
     async fn list_items(
@@ -286,13 +246,7 @@ enum Listing {
 
 impl GooglePlay {
     fn check_package(&self, package: &str) -> Result<(), PluginError> {
-        if self.config.packages.iter().any(|allowed| allowed == package) {
-            return Ok(());
-        }
-        Err(PluginError::permission_denied(format!(
-            "app_id: package `{package}` is not one this store's service account serves (config `packages`)"
-        ))
-        .with_reason("PACKAGE_NOT_ALLOWED"))
+        checks::allowed_package(&self.config.packages, package)
     }
 
     fn purchase_url(&self, package: &str, product: &str, token: &str, verb: &str) -> String {
@@ -302,6 +256,45 @@ impl GooglePlay {
             segment(product),
             segment(token)
         ))
+    }
+
+    /// `…:acknowledge` or `…:consume` on (package, product, token),
+    /// idempotent for the caller: nothing is sent if `done` holds already,
+    /// and an `invalidPurchaseState` refusal is checked against a fresh read,
+    /// since another caller may have done it meanwhile. Answers whether it
+    /// was done already.
+    async fn change_once(
+        &self,
+        cx: &Ctx,
+        (package, product, token): (&str, &str, &str),
+        verb: &str,
+        json_body: Option<String>,
+        done: fn(&convert::ProductPurchase) -> bool,
+    ) -> Result<bool, PluginError> {
+        if done(&self.current(cx, package, product, token).await?) {
+            return Ok(true);
+        }
+        let what = format!("purchases.products.{verb}");
+        let url = self.purchase_url(package, product, token, &format!(":{verb}"));
+        let answer = self
+            .client
+            .send(cx, &what, || match &json_body {
+                Some(body) => {
+                    HttpRequest::post(url.as_str()).header("content-type", "application/json").body(body.clone())
+                }
+                None => HttpRequest::post(url.as_str()),
+            })
+            .await?;
+        match answer {
+            Answer::Success(_) => Ok(false),
+            Answer::Refused(google)
+                if google.reason == "invalidPurchaseState"
+                    && done(&self.current(cx, package, product, token).await?) =>
+            {
+                Ok(true)
+            }
+            Answer::Refused(google) => Err(google.to_plugin_error(&what)),
+        }
     }
 
     /// `purchases.products.get`, shared by concurrent identical calls.
@@ -332,11 +325,7 @@ impl GooglePlay {
 }
 
 fn purchase_token(proof: Option<&proto::Proof>) -> Result<&str, PluginError> {
-    match proof.and_then(|proof| proof.kind.as_ref()) {
-        Some(proto::proof::Kind::PurchaseToken(token)) if !token.is_empty() => Ok(token),
-        _ => Err(PluginError::invalid_argument("proof: google play verifies a `purchase_token`")
-            .with_reason("UNSUPPORTED_PROOF")),
-    }
+    checks::purchase_token(proof, "google play")
 }
 
 fn refusal_verdict(verdict: Verdict, google: &GoogleError) -> proto::VerifyResponse {
