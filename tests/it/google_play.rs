@@ -259,20 +259,10 @@ fn the_readme_walkthrough_works_against_the_emulator() {
             || (line.starts_with("curl ") && line.contains("127.0.0.1:8095"))
     });
     assert!(lines.len() >= 10, "the README lost its Google Play walkthrough: {lines:?}");
-    let mut outputs = Vec::new();
-    for (line, failure) in &lines {
-        let command = line
-            .replace("localhost:50052", &env.server.address.to_string())
-            .replace("127.0.0.1:8095", &env.running.address.to_string());
-        let (ok, output) = crate::grpcurl::run(&command);
-        match failure {
-            None => assert!(ok, "`{command}` failed:\n{output}"),
-            Some(code) => {
-                assert!(!ok && output.contains(&format!("Code: {code}")), "`{command}`: expected {code}:\n{output}")
-            }
-        }
-        outputs.push(output);
-    }
+    let outputs = crate::grpcurl::run_all(&lines, |line| {
+        line.replace("localhost:50052", &env.server.address.to_string())
+            .replace("127.0.0.1:8095", &env.running.address.to_string())
+    });
     let all = outputs.join("\n");
     for expected in [
         "\"verdict\": \"VERDICT_VALID\"",

@@ -25,8 +25,27 @@ fn readme_examples() -> Vec<(String, Option<String>)> {
     readme_lines(|line| line.starts_with("grpcurl ") && line.contains("localhost:50051"))
 }
 
+/// Runs README lines in order, each after `rewrite` (addresses), asserting
+/// that each succeeds or fails with its `# fails:` code; their outputs.
+pub(crate) fn run_all(lines: &[(String, Option<String>)], rewrite: impl Fn(&str) -> String) -> Vec<String> {
+    let mut outputs = Vec::new();
+    for (line, failure) in lines {
+        let command = rewrite(line);
+        let (ok, output) = run(&command);
+        match failure {
+            None => assert!(ok, "`{command}` failed:\n{output}"),
+            Some(code) => {
+                assert!(!ok, "`{command}` should fail with {code}:\n{output}");
+                assert!(output.contains(&format!("Code: {code}")), "`{command}`: expected {code}:\n{output}");
+            }
+        }
+        outputs.push(output);
+    }
+    outputs
+}
+
 /// Runs a shell command line with grpcurl on the PATH: (success, output).
-pub(crate) fn run(command_line: &str) -> (bool, String) {
+fn run(command_line: &str) -> (bool, String) {
     let grpcurl = tool("grpcurl");
     let path = format!("{}:{}", grpcurl.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
     let output = Command::new("sh").arg("-c").arg(command_line).env("PATH", path).output().expect("run sh");
@@ -39,20 +58,7 @@ fn the_readme_examples_work_as_written() {
     let server = Server::start(None, &[]);
     let examples = readme_examples();
     assert!(examples.len() >= 12, "the README lost its examples: {examples:?}");
-    let mut outputs = Vec::new();
-    for (command, failure) in &examples {
-        let command = command.replace("localhost:50051", &server.address.to_string());
-        let (ok, output) = run(&command);
-        match failure {
-            None => assert!(ok, "`{command}` failed:\n{output}"),
-            Some(code) => {
-                assert!(!ok, "`{command}` should fail with {code}:\n{output}");
-                assert!(output.contains(&format!("Code: {code}")), "`{command}`: expected {code}:\n{output}");
-            }
-        }
-        outputs.push(output);
-    }
-    let all = outputs.join("\n");
+    let all = run_all(&examples, |command| command.replace("localhost:50051", &server.address.to_string())).join("\n");
     for expected in [
         "iapd.v1.PurchaseService",
         "grpc.health.v1.Health",
