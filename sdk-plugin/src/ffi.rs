@@ -96,7 +96,7 @@ unsafe fn emit(sink: BytesSink, ud: *mut c_void, data: &[u8]) {
 
 unsafe extern "C" fn describe<S: Store>(sink: BytesSink, ud: *mut c_void) -> abi::Status {
     guard(|| {
-        let info = S::info().encode_to_vec();
+        let info = crate::described::<S>().encode_to_vec();
         // SAFETY: `sink`/`ud` come from the host for this call.
         unsafe { emit(sink, ud, &info) };
         status::OK

@@ -108,7 +108,8 @@ pub trait Store: Sized + Send + Sync + 'static {
     type Config: serde::de::DeserializeOwned;
 
     /// Metadata for the host: display name, methods, allowed origins,
-    /// secrets, proof kinds.
+    /// secrets, proof kinds. `methods` may be left empty: the SDK fills it
+    /// from [`Store::CAPABILITIES`].
     fn info() -> proto::PluginInfo;
 
     /// Builds the store from its configuration. Runs once per configured
@@ -150,6 +151,25 @@ pub trait Store: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = Result<proto::ListItemsResponse, PluginError>> + Send {
         async { Err(PluginError::unimplemented("this store has no catalog")) }
     }
+}
+
+/// What the plugin tells the host about itself: [`Store::info`], with the
+/// methods named by the capabilities unless the store listed them.
+pub(crate) fn described<S: Store>() -> proto::PluginInfo {
+    let mut info = S::info();
+    if info.methods.is_empty() {
+        info.methods = [
+            (abi::CAP_VERIFY, abi::method::VERIFY),
+            (abi::CAP_ACKNOWLEDGE, abi::method::ACKNOWLEDGE),
+            (abi::CAP_CONSUME, abi::method::CONSUME),
+            (abi::CAP_LIST_ITEMS, abi::method::LIST_ITEMS),
+        ]
+        .into_iter()
+        .filter(|(capability, _)| S::CAPABILITIES & capability != 0)
+        .map(|(_, method)| method.to_owned())
+        .collect();
+    }
+    info
 }
 
 /// Host services; implemented over the C ABI and by the test kit.

@@ -122,6 +122,11 @@ fn start(runtime: &Runtime<TestStore>, call_id: u64, product: &str) {
 }
 
 #[test]
+fn methods_left_empty_are_named_from_the_capabilities() {
+    assert_eq!(crate::described::<TestStore>().methods, [abi::method::VERIFY]);
+}
+
+#[test]
 fn a_call_completes_once_after_its_answers_arrive() {
     let (runtime, host) = runtime();
     start(&runtime, 1, "twice");

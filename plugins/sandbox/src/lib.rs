@@ -258,14 +258,7 @@ impl Store for Sandbox {
     fn info() -> proto::PluginInfo {
         proto::PluginInfo {
             display_name: "Sandbox".to_owned(),
-            methods: [
-                iapd_sdk_plugin::abi::method::VERIFY,
-                iapd_sdk_plugin::abi::method::ACKNOWLEDGE,
-                iapd_sdk_plugin::abi::method::CONSUME,
-                iapd_sdk_plugin::abi::method::LIST_ITEMS,
-            ]
-            .map(str::to_owned)
-            .to_vec(),
+            methods: Vec::new(),
             allowed_origins: Vec::new(),
             secrets: Vec::new(),
             proof_kinds: vec!["purchase_token".to_owned()],
