@@ -258,7 +258,14 @@ impl Store for Sandbox {
     fn info() -> proto::PluginInfo {
         proto::PluginInfo {
             display_name: "Sandbox".to_owned(),
-            methods: Vec::new(),
+            methods: [
+                iapd_sdk_plugin::abi::method::VERIFY,
+                iapd_sdk_plugin::abi::method::ACKNOWLEDGE,
+                iapd_sdk_plugin::abi::method::CONSUME,
+                iapd_sdk_plugin::abi::method::LIST_ITEMS,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
             allowed_origins: Vec::new(),
             secrets: Vec::new(),
             proof_kinds: vec!["purchase_token".to_owned()],
