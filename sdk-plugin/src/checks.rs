@@ -24,3 +24,14 @@ pub fn allowed_package(packages: &[String], app_id: &str) -> Result<(), PluginEr
     ))
     .with_reason("PACKAGE_NOT_ALLOWED"))
 }
+
+/// INVALID_ARGUMENT naming `stores.<store_id>.config.packages` if the config
+/// lists no packages: a store that serves no app is a configuration mistake.
+pub fn packages_listed(packages: &[String], store_id: &str) -> Result<(), PluginError> {
+    if packages.is_empty() {
+        return Err(PluginError::invalid_argument(format!(
+            "config key `stores.{store_id}.config.packages`: list the package names this store serves"
+        )));
+    }
+    Ok(())
+}

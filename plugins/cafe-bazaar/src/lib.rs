@@ -174,11 +174,7 @@ impl Store for CafeBazaar {
 
     fn new(config: Config, init: &InitContext) -> Result<Self, PluginError> {
         let store = init.store_id();
-        if config.packages.is_empty() {
-            return Err(PluginError::invalid_argument(format!(
-                "config key `stores.{store}.config.packages`: list the package names this store serves"
-            )));
-        }
+        checks::packages_listed(&config.packages, store)?;
         config.retry.check(store)?;
         let credentials = match config.auth {
             AuthScheme::OAuth => {

@@ -113,11 +113,7 @@ impl Store for GooglePlay {
 
     fn new(config: Config, init: &InitContext) -> Result<Self, PluginError> {
         let store = init.store_id();
-        if config.packages.is_empty() {
-            return Err(PluginError::invalid_argument(format!(
-                "config key `stores.{store}.config.packages`: list the package names this service account serves"
-            )));
-        }
+        checks::packages_listed(&config.packages, store)?;
         config.retry.check(store)?;
         let key = init.secret(&config.service_account_secret)?;
         let account = ServiceAccount::parse(&config.service_account_secret, key.expose())?;
