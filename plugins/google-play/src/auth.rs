@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
+use iapd_sdk_plugin::log;
 use iapd_sdk_plugin::prelude::*;
+use iapd_sdk_plugin::retry::{Retry, with_retries};
 use iapd_sdk_plugin::sync::{AccessToken, TokenCache};
 use serde_json::Value;
-
-use iapd_sdk_plugin::retry::{Retry, with_retries};
 
 use crate::api;
 
@@ -93,7 +93,7 @@ impl TokenSource {
 
     async fn fetch(&self, cx: &Ctx, retry: &Retry) -> Result<(String, Duration), PluginError> {
         let url = &self.account.token_uri;
-        let answer = with_retries(cx, retry, "oauth token request", || async {
+        let response = with_retries(cx, retry, "oauth token request", || async {
             let now = cx.now_unix_millis();
             let assertion = self.account.assertion(now.div_euclid(1000))?;
             let body =
@@ -107,7 +107,6 @@ impl TokenSource {
             Ok(response)
         })
         .await?;
-        let response = answer;
         if response.status() != 200 {
             return Err(self.refused(&response));
         }
@@ -152,5 +151,3 @@ impl TokenSource {
         .with_http_status(response.status())
     }
 }
-
-use iapd_sdk_plugin::log;
