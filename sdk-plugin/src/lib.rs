@@ -60,6 +60,7 @@
 //! loads in any host of ABI major 1 whose minor is at least the SDK's.
 
 pub mod abi;
+pub mod catalog;
 pub mod checks;
 mod error;
 #[allow(unsafe_code)]

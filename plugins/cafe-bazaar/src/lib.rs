@@ -17,12 +17,11 @@
 
 use std::sync::Mutex;
 
+use iapd_sdk_plugin::catalog::{self, CatalogEntry};
 use iapd_sdk_plugin::checks;
 use iapd_sdk_plugin::path_segment as segment;
 use iapd_sdk_plugin::prelude::*;
-use iapd_sdk_plugin::proto::{
-    self, AcknowledgementState, ConsumptionState, Environment, ProductKind, PurchaseState, Verdict,
-};
+use iapd_sdk_plugin::proto::{self, AcknowledgementState, ConsumptionState, Environment, PurchaseState, Verdict};
 use iapd_sdk_plugin::retry::{Retry, with_retries};
 use iapd_sdk_plugin::sync::{AccessToken, TokenCache};
 use iapd_sdk_plugin::{Secret, log};
@@ -74,53 +73,11 @@ enum AuthScheme {
     Pishkhan,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CatalogEntry {
-    product_id: String,
-    kind: CatalogKind,
-    #[serde(default)]
-    title: String,
-    #[serde(default)]
-    description: String,
-    /// ISO 4217; Bazaar sells in IRR.
-    #[serde(default = "default_currency")]
-    currency: String,
-    #[serde(default)]
-    price_micros: i64,
-    #[serde(default = "default_true")]
-    active: bool,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(rename_all = "snake_case")]
-enum CatalogKind {
-    Consumable,
-    NonConsumable,
-    Subscription,
-}
-
-impl From<CatalogKind> for ProductKind {
-    fn from(kind: CatalogKind) -> ProductKind {
-        match kind {
-            CatalogKind::Consumable => ProductKind::Consumable,
-            CatalogKind::NonConsumable => ProductKind::NonConsumable,
-            CatalogKind::Subscription => ProductKind::Subscription,
-        }
-    }
-}
-
 fn default_api_root() -> String {
     "https://pardakht.cafebazaar.ir".to_owned()
 }
 fn default_daily_quota() -> u64 {
     50_000
-}
-fn default_currency() -> String {
-    "IRR".to_owned()
-}
-fn default_true() -> bool {
-    true
 }
 
 /// Calls counted in the current UTC day, against Bazaar's daily quota.
@@ -241,42 +198,14 @@ impl Store for CafeBazaar {
         _cx: &Ctx,
         request: proto::ListItemsRequest,
     ) -> Result<proto::ListItemsResponse, PluginError> {
-        self.check_package(&request.app_id)?;
-        let kind = request.kind();
-        let matching: Vec<&CatalogEntry> = self
-            .config
-            .catalog
-            .iter()
-            .filter(|entry| kind == ProductKind::Unspecified || ProductKind::from(entry.kind) == kind)
-            .collect();
-        let start = match request.page_token.as_str() {
-            "" => 0,
-            token => token.strip_prefix("i").and_then(|offset| offset.parse::<usize>().ok()).ok_or_else(|| {
-                PluginError::invalid_argument("page_token: not a token this store issued")
-                    .with_reason("INVALID_PAGE_TOKEN")
-            })?,
-        };
-        let page_size = match request.page_size {
-            size if size <= 0 => 50,
-            size => usize::try_from(size.min(1000)).unwrap_or(50),
-        };
-        let end = matching.len().min(start.saturating_add(page_size));
-        let items = matching
-            .get(start..end)
-            .unwrap_or_default()
-            .iter()
-            .map(|entry| proto::CatalogItem {
-                product_id: entry.product_id.clone(),
-                kind: ProductKind::from(entry.kind).into(),
-                title: entry.title.clone(),
-                description: entry.description.clone(),
-                price_currency_code: entry.currency.clone(),
-                price_amount_micros: entry.price_micros,
-                active: entry.active,
-            })
-            .collect();
-        let next_page_token = if end < matching.len() { format!("i{end}") } else { String::new() };
-        Ok(proto::ListItemsResponse { items, next_page_token })
+        let mut page = catalog::page(&self.config.catalog, &self.config.packages, &request)?;
+        for item in &mut page.items {
+            if item.price_currency_code.is_empty() {
+                // Bazaar sells in rials.
+                item.price_currency_code = "IRR".to_owned();
+            }
+        }
+        Ok(page)
     }
 }
 
@@ -334,12 +263,7 @@ impl CafeBazaar {
             1 => (PurchaseState::Refunded, Verdict::Refunded, "refunded at cafe bazaar (purchaseState 1)".to_owned()),
             other => return Err(malformed("purchaseState", other)),
         };
-        let kind = self
-            .config
-            .catalog
-            .iter()
-            .find(|entry| entry.product_id == product)
-            .map_or(ProductKind::Unspecified, |entry| entry.kind.into());
+        let kind = catalog::kind_of(&self.config.catalog, product);
         let purchase = proto::Purchase {
             state: state.into(),
             consumption_state: consumption.into(),
