@@ -11,6 +11,7 @@ pub mod cafe_bazaar;
 mod faults;
 pub mod google_play;
 mod http;
+pub mod samsung;
 mod store;
 
 use std::time::Duration;

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use iapd_emulators::Emulator;
 use iapd_emulators::cafe_bazaar::{self, CafeBazaar};
 use iapd_emulators::google_play::{self, GooglePlay};
+use iapd_emulators::samsung::{self, Samsung};
 
 /// The test-only key every Google Play emulator trusts unless told otherwise
 /// (made by `tests/fixtures/google-play/make-keys.sh`).
@@ -49,6 +50,16 @@ enum Store {
         #[arg(long)]
         state: Option<PathBuf>,
     },
+    /// Samsung's Galaxy Store receipt, access token, purchase acknowledgment and item APIs, and the
+    /// legacy Tizen Store ticket check.
+    Samsung {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8097")]
+        listen: SocketAddr,
+        /// A state file (service accounts, apps, receipts, Tizen tickets); the built-in demo state if absent.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -70,6 +81,10 @@ async fn main() -> anyhow::Result<()> {
         Store::CafeBazaar { listen, state } => {
             let seed = parse_state(state.as_deref(), cafe_bazaar::DEFAULT_STATE)?;
             ("cafe bazaar", listen, Arc::new(CafeBazaar::new(seed)))
+        }
+        Store::Samsung { listen, state } => {
+            let seed = parse_state(state.as_deref(), samsung::DEFAULT_STATE)?;
+            ("samsung", listen, Arc::new(Samsung::new(seed).map_err(anyhow::Error::msg)?))
         }
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
