@@ -5,8 +5,8 @@
 //! libraries (built by `cargo build --workspace`) on a free port.
 
 mod abi; // plugins in C and misbehaving plugins: loading, refusals, panics, allowlist, deadlines
-mod api;
-mod cafe_bazaar; // the Cafe Bazaar plugin in the real binary against its emulator // every RPC through a tonic client against the sandbox store
+mod api; // every RPC through a tonic client against the sandbox store
+mod cafe_bazaar; // the Cafe Bazaar plugin in the real binary against its emulator
 mod config; // configuration errors, env overrides, check-config, plugins
 mod google_play; // the Google Play plugin in the real binary against the emulator, and Google's Python client
 mod grpcurl; // the README's grpcurl examples, reflection and health, run literally
@@ -14,4 +14,5 @@ mod in_process; // the server as a library: serve() on port 0 with a shutdown fu
 mod invariants; // architecture invariants from ARCHITECTURE.md
 mod proto_lint; // buf lint on the public API
 mod python_client; // a Python client generated with grpcio-tools
+mod samsung; // the Samsung plugin in the real binary against its emulator, and the README's Samsung walkthrough
 mod support;
