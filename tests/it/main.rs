@@ -6,6 +6,7 @@
 
 mod abi; // plugins in C and misbehaving plugins: loading, refusals, panics, allowlist, deadlines
 mod api; // every RPC through a tonic client against the sandbox store
+mod app_store; // the App Store plugin in the real binary against its emulator, and Apple's Python library
 mod cafe_bazaar; // the Cafe Bazaar plugin in the real binary against its emulator
 mod config; // configuration errors, env overrides, check-config, plugins
 mod google_play; // the Google Play plugin in the real binary against the emulator, and Google's Python client

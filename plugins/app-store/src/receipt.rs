@@ -96,7 +96,10 @@ pub(crate) async fn verify(
         21002 => return Ok(verdict(Verdict::Invalid, "the receipt data is malformed")),
         21003 => return Ok(verdict(Verdict::Invalid, "the receipt could not be authenticated")),
         21008 => {
-            return Ok(verdict(Verdict::Invalid, "a production receipt, refused by a store configured for the sandbox"));
+            return Ok(verdict(
+                Verdict::Invalid,
+                "a production receipt, refused by a store configured for the sandbox",
+            ));
         }
         21010 => return Ok(verdict(Verdict::NotFound, "the app store found no account for this receipt")),
         21004 => {

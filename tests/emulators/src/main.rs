@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use iapd_emulators::Emulator;
+use iapd_emulators::app_store::{self, AppStore};
 use iapd_emulators::cafe_bazaar::{self, CafeBazaar};
 use iapd_emulators::google_play::{self, GooglePlay};
 use iapd_emulators::samsung::{self, Samsung};
@@ -60,6 +61,19 @@ enum Store {
         #[arg(long)]
         state: Option<PathBuf>,
     },
+    /// The App Store Server API (production, and the sandbox under /sandbox) and verifyReceipt,
+    /// signing transactions with a certificate chain of its own.
+    AppStore {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8098")]
+        listen: SocketAddr,
+        /// A state file (bundle ids, api keys, transactions, receipts); the built-in demo state if absent.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Writes the root certificate (PEM) verifiers must trust to this file.
+        #[arg(long)]
+        root_out: Option<PathBuf>,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -85,6 +99,16 @@ async fn main() -> anyhow::Result<()> {
         Store::Samsung { listen, state } => {
             let seed = parse_state(state.as_deref(), samsung::DEFAULT_STATE)?;
             ("samsung", listen, Arc::new(Samsung::new(seed).map_err(anyhow::Error::msg)?))
+        }
+        Store::AppStore { listen, state, root_out } => {
+            let seed = parse_state(state.as_deref(), app_store::DEFAULT_STATE)?;
+            let emulator = AppStore::new(seed).map_err(anyhow::Error::msg)?;
+            if let Some(path) = root_out {
+                std::fs::write(&path, emulator.root_pem())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("app store emulator root certificate written to {}", path.display());
+            }
+            ("app store", listen, Arc::new(emulator))
         }
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;

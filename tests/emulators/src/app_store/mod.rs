@@ -384,7 +384,10 @@ impl State {
     }
 }
 
-/// Apple's error body: `{"errorCode", "errorMessage"}`.
+/// Apple's error body: `{"errorCode", "errorMessage"}`, typed exactly
+/// `application/json` (Apple's library reads the body only then).
 pub fn api_error(status: u16, code: i64, message: &str) -> Response {
-    Response::json(status, &json!({"errorCode": code, "errorMessage": message}))
+    let mut response = Response::json(status, &json!({"errorCode": code, "errorMessage": message}));
+    response.headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+    response
 }

@@ -73,6 +73,8 @@ impl SigningChain {
         let intermediate_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).expect("p-384 key generation");
         let mut intermediate = ca_params("iapd Emulator Worldwide Developer Relations Certification Authority");
         intermediate.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        // OpenSSL's strict mode (Apple's Python library) demands it, as Apple's certificates have it.
+        intermediate.use_authority_key_identifier_extension = true;
         if options.intermediate_marker {
             intermediate.custom_extensions.push(marker(INTERMEDIATE_MARKER));
         }
@@ -85,6 +87,7 @@ impl SigningChain {
         leaf.distinguished_name = name("iapd Emulator Prod ECC Mac App Store and iTunes Store Receipt Signing");
         leaf.is_ca = IsCa::ExplicitNoCa;
         leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf.use_authority_key_identifier_extension = true;
         leaf.not_before = datetime(options.leaf_validity.0);
         leaf.not_after = datetime(options.leaf_validity.1);
         if options.leaf_marker {
