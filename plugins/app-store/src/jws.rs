@@ -1,4 +1,5 @@
-//! Offline verification of Apple's signed data: a JWS in compact form whose
+//! Offline verification of Apple's signed data (public so it can be used and
+//! benchmarked on its own): a JWS in compact form whose
 //! header carries the signing certificate chain (`x5c`).
 //!
 //! The checks are those of Apple's own App Store Server Library, and a little
@@ -33,7 +34,7 @@ use x509_cert::der::asn1::ObjectIdentifier;
 
 /// Apple Root CA - G3 (SHA-256 fingerprint 63:34:3A:BF:…:3E:91:79), the
 /// root of every chain Apple signs App Store data with.
-pub(crate) const APPLE_ROOT_CA_G3_PEM: &str = include_str!("AppleRootCA-G3.pem");
+pub const APPLE_ROOT_CA_G3_PEM: &str = include_str!("AppleRootCA-G3.pem");
 
 /// Apple's marker on the certificates that sign App Store data.
 const LEAF_MARKER: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113635.100.6.11.1");
@@ -57,7 +58,7 @@ const CACHE_CAPACITY: usize = 64;
 
 /// Why signed data was refused. Each becomes a verdict's reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Rejection {
+pub enum Rejection {
     #[error("not a compact jws: {0}")]
     Malformed(String),
     #[error("header alg is {0:?}; apple signs with ES256 only")]
@@ -76,7 +77,7 @@ pub(crate) enum Rejection {
 
 impl Rejection {
     /// A stable name for the failure, for logs and tests.
-    pub(crate) fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             Rejection::Malformed(_) => "JWS_MALFORMED",
             Rejection::Algorithm(_) => "JWS_ALGORITHM",
@@ -105,7 +106,7 @@ pub(crate) struct TrustedChain {
 }
 
 /// Verifies Apple's signed data against a set of trusted roots.
-pub(crate) struct Verifier {
+pub struct Verifier {
     roots: Vec<Root>,
     cache: Mutex<HashMap<[u8; 32], TrustedChain>>,
 }
@@ -134,7 +135,7 @@ struct Signed {
 impl Verifier {
     /// A verifier trusting `roots_pem` (PEM certificates); the error names
     /// the one that is not a certificate.
-    pub(crate) fn new(roots_pem: &[String]) -> Result<Verifier, String> {
+    pub fn new(roots_pem: &[String]) -> Result<Verifier, String> {
         let mut roots = Vec::new();
         for (index, pem) in roots_pem.iter().enumerate() {
             let der = pem_certificate(pem).ok_or_else(|| format!("entry {index} is not a pem certificate"))?;
@@ -151,7 +152,7 @@ impl Verifier {
     }
 
     /// Verifies `jws` and returns its payload (JSON bytes).
-    pub(crate) fn verify(&self, jws: &str) -> Result<Vec<u8>, Rejection> {
+    pub fn verify(&self, jws: &str) -> Result<Vec<u8>, Rejection> {
         let mut parts = jws.split('.');
         let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())

@@ -24,7 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
-mod jws;
+pub mod jws;
 mod receipt;
 
 use iapd_sdk_plugin::catalog::{self, CatalogEntry};
