@@ -5,7 +5,24 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 
-use crate::{Ctx, PluginError};
+use crate::{Code, Ctx, HttpResponse, PluginError};
+
+/// The retryable error for a store's transient answer (409, 429, 5xx, or a
+/// status the store documents as temporary): ABORTED for 409,
+/// RESOURCE_EXHAUSTED for 429, UNAVAILABLE otherwise, with the HTTP status
+/// and the store's `Retry-After`. Add the store's reason with `with_reason`.
+pub fn transient(response: &HttpResponse, message: impl Into<String>) -> PluginError {
+    let code = match response.status() {
+        409 => Code::Aborted,
+        429 => Code::ResourceExhausted,
+        _ => Code::Unavailable,
+    };
+    let err = PluginError::new(code, message).with_http_status(response.status()).retryable(true);
+    match response.retry_after() {
+        Some(delay) => err.retry_after(delay),
+        None => err,
+    }
+}
 
 /// How transient failures are retried.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]

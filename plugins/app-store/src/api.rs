@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use iapd_sdk_plugin::prelude::*;
-use iapd_sdk_plugin::retry::{Retry, with_retries};
+use iapd_sdk_plugin::retry::{self, Retry, with_retries};
 use iapd_sdk_plugin::sync::{AccessToken, TokenCache};
 use iapd_sdk_plugin::{Secret, path_segment};
 use serde::Deserialize;
@@ -180,18 +180,10 @@ impl ServerApi {
                     || error.as_ref().is_some_and(|error| RETRYABLE_CODES.contains(&error.error_code));
                 if transient {
                     let error = error.unwrap_or_default();
-                    let code = if status == 429 { Code::ResourceExhausted } else { Code::Unavailable };
-                    let mut err = PluginError::new(
-                        code,
-                        format!("the app store answered {what} with http {status}: {}", error.error_message),
-                    )
-                    .with_reason(if error.error_code == 0 { "UPSTREAM_ERROR".to_owned() } else { error.error_code.to_string() })
-                    .with_http_status(status)
-                    .retryable(true);
-                    if let Some(delay) = response.retry_after() {
-                        err = err.retry_after(delay);
-                    }
-                    return Err(err);
+                    let message = format!("the app store answered {what} with http {status}: {}", error.error_message);
+                    let reason =
+                        if error.error_code == 0 { "UPSTREAM_ERROR".to_owned() } else { error.error_code.to_string() };
+                    return Err(retry::transient(&response, message).with_reason(reason));
                 }
                 return match error {
                     Some(error) => Ok(Answer::Refused(status, error)),

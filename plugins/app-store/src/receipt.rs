@@ -9,7 +9,7 @@
 
 use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::proto::{self, Verdict};
-use iapd_sdk_plugin::retry::with_retries;
+use iapd_sdk_plugin::retry::{self, with_retries};
 use serde::Deserialize;
 
 use crate::{AppStore, Policy, Transaction, invalid};
@@ -167,14 +167,8 @@ async fn post(
         })?;
         let status = response.status();
         if status >= 500 || status == 429 {
-            let mut err = PluginError::unavailable(format!("the app store answered verifyReceipt with http {status}"))
-                .with_reason("UPSTREAM_ERROR")
-                .with_http_status(status)
-                .retryable(true);
-            if let Some(delay) = response.retry_after() {
-                err = err.retry_after(delay);
-            }
-            return Err(err);
+            let message = format!("the app store answered verifyReceipt with http {status}");
+            return Err(retry::transient(&response, message).with_reason("UPSTREAM_ERROR"));
         }
         let parsed: VerifyReceiptResponse = serde_json::from_slice(response.body()).map_err(|_| {
             PluginError::internal(format!(

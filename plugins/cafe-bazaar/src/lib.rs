@@ -22,7 +22,7 @@ use iapd_sdk_plugin::checks;
 use iapd_sdk_plugin::path_segment as segment;
 use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::proto::{self, AcknowledgementState, ConsumptionState, Environment, PurchaseState, Verdict};
-use iapd_sdk_plugin::retry::{Retry, with_retries};
+use iapd_sdk_plugin::retry::{self, Retry, with_retries};
 use iapd_sdk_plugin::sync::{AccessToken, TokenCache};
 use iapd_sdk_plugin::{Secret, log};
 use serde::Deserialize;
@@ -311,18 +311,13 @@ impl CafeBazaar {
                     }
                     429 | 500..=599 => {
                         let error = parse_error(&response).unwrap_or_default();
-                        let code = if status == 429 { Code::ResourceExhausted } else { Code::Unavailable };
-                        let mut err = PluginError::new(
-                            code,
-                            format!("cafe bazaar answered {what} with http {status}: {}", error.error_description),
-                        )
-                        .with_reason(if error.error.is_empty() { "UPSTREAM_ERROR".to_owned() } else { error.error })
-                        .with_http_status(status)
-                        .retryable(true);
-                        if let Some(delay) = response.retry_after() {
-                            err = err.retry_after(delay);
-                        }
-                        return Err(err);
+                        let message =
+                            format!("cafe bazaar answered {what} with http {status}: {}", error.error_description);
+                        return Err(retry::transient(&response, message).with_reason(if error.error.is_empty() {
+                            "UPSTREAM_ERROR".to_owned()
+                        } else {
+                            error.error
+                        }));
                     }
                     _ => {
                         return match parse_error(&response) {

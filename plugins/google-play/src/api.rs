@@ -3,7 +3,7 @@
 //! (409 `concurrentUpdate`, 429, 5xx), and Google's error envelope.
 
 use iapd_sdk_plugin::prelude::*;
-use iapd_sdk_plugin::retry::{Retry, with_retries};
+use iapd_sdk_plugin::retry::{self, Retry, with_retries};
 use serde::Deserialize;
 
 use crate::auth::TokenSource;
@@ -12,21 +12,14 @@ use crate::auth::TokenSource;
 pub(crate) fn transient_error(response: &HttpResponse, what: &str) -> PluginError {
     let google = GoogleError::parse(response);
     let status = response.status();
-    let (code, fallback_reason) = match status {
-        409 => (Code::Aborted, "concurrentUpdate"),
-        429 => (Code::ResourceExhausted, "rateLimitExceeded"),
-        _ => (Code::Unavailable, "backendError"),
+    let fallback_reason = match status {
+        409 => "concurrentUpdate",
+        429 => "rateLimitExceeded",
+        _ => "backendError",
     };
     let reason = google.as_ref().map_or(fallback_reason, |google| google.reason.as_str());
     let message = google.as_ref().map_or("", |google| google.message.as_str());
-    let mut err = PluginError::new(code, format!("google play answered {what} with http {status}: {message}"))
-        .with_reason(reason)
-        .with_http_status(status)
-        .retryable(true);
-    if let Some(delay) = response.retry_after() {
-        err = err.retry_after(delay);
-    }
-    err
+    retry::transient(response, format!("google play answered {what} with http {status}: {message}")).with_reason(reason)
 }
 
 /// Google's error envelope: `{"error":{"code","message","errors":[{"reason"}],"status"}}`.
