@@ -156,8 +156,7 @@ impl<'a> Pager<'a> {
     }
 
     /// The page built, with the token of the next one.
-    pub(crate) fn finish(self, page_size: usize) -> proto::ListItemsResponse {
-        debug_assert!(self.items.len() <= page_size);
+    pub(crate) fn finish(self) -> proto::ListItemsResponse {
         let next_page_token = match self.position {
             Position::Samsung { page, offset } => format!("p{page}.{offset}"),
             Position::Config { index } => format!("c{index}"),

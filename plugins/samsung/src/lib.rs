@@ -190,7 +190,7 @@ impl Store for Samsung {
                 .await?;
             pager.take_samsung_page(answer, page_size)?;
         }
-        Ok(pager.finish(page_size))
+        Ok(pager.finish())
     }
 }
 

@@ -882,3 +882,76 @@ fn configuration_errors_name_the_key() {
     let err = fails(with("subscriptions", json!([{"product_id": "vip", "kind": "subscription"}])), Some(PRIVATE_KEY));
     assert!(err.message().contains("unknown field `kind`"), "{err}");
 }
+
+#[test]
+fn the_emulator_checks_jwts_and_headers_as_samsung_does() {
+    use iapd_emulators::{Emulator as _, Request};
+    let emulator = Emulator::with_default_state();
+    emulator.set_clock(NOW);
+    let now = NOW / 1000;
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(PRIVATE_KEY.as_bytes()).unwrap();
+    let sign = |iss: &str, iat: i64, exp: i64| {
+        let claims = json!({"iss": iss, "scopes": ["publishing", "gss"], "iat": iat, "exp": exp});
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key).unwrap()
+    };
+    let token_request = |jwt: &str| {
+        emulator.handle(&Request::new("POST", "/auth/accessToken").header("authorization", &format!("Bearer {jwt}")))
+    };
+    let hs256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"iss": ACCOUNT, "iat": now, "exp": now + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(b"guess"),
+    )
+    .unwrap();
+    for (jwt, message) in [
+        (sign(ACCOUNT, now, now + 1201), "Invalid JWT: the lifetime must be at most 20 minutes"),
+        (sign(ACCOUNT, now - 1300, now - 100), "Invalid JWT: expired or not yet valid"),
+        (sign("someone-else", now, now + 60), "Not found service account by serviceAccountId"),
+        (hs256, "Invalid JWT signature"),
+    ] {
+        let answer = token_request(&jwt);
+        assert_eq!(answer.status, 401, "{message}");
+        assert_eq!(answer.json_body(), json!({"code": "AUTH_REQUIRE", "message": message, "from": "asgw"}));
+    }
+    let answer = emulator.handle(&Request::new("POST", "/auth/accessToken"));
+    assert_eq!(answer.status, 401);
+    let answer = token_request(&sign(ACCOUNT, now, now + 1200)).json_body();
+    assert_eq!(answer["ok"], true);
+    let access = answer["createdItem"]["accessToken"].as_str().unwrap().to_owned();
+
+    let update = |headers: &[(&str, &str)], body: serde_json::Value| {
+        let mut request =
+            Request::new("PATCH", &format!("/iap/seller/v6/applications/{PACKAGE}/purchases/sg-purchased"))
+                .body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        emulator.handle(&request)
+    };
+    let bearer = format!("Bearer {access}");
+    let answer = update(&[("authorization", &bearer)], json!({"action": "consume"}));
+    assert_eq!(
+        (answer.status, answer.json_body()["code"].as_str()),
+        (401, Some("AUTH_REQUIRE")),
+        "no service-account-id"
+    );
+    let answer = update(&[("service-account-id", ACCOUNT)], json!({"action": "consume"}));
+    assert_eq!(answer.json_body()["message"], "Invalid accessToken");
+    let both = [("authorization", bearer.as_str()), ("service-account-id", ACCOUNT)];
+    assert_eq!(update(&both, json!({"action": "refund"})).status, 400);
+    // The batch form, with ids as strings or objects.
+    let answer = update(
+        &both,
+        json!({"action": "consume", "purchasedIdList": ["sg-bound", {"purchaseId": "sg-consumed"}, "sg-purchased"]}),
+    )
+    .json_body();
+    assert_eq!(answer["totalCount"], 3);
+    let codes: Vec<(&str, &str)> = answer["purchaseItemList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| (item["purchaseId"].as_str().unwrap(), item["statusCode"].as_str().unwrap()))
+        .collect();
+    assert_eq!(codes, [("sg-purchased", "0"), ("sg-bound", "0"), ("sg-consumed", "4")]);
+    assert_eq!(emulator.receipt("sg-bound").unwrap()["consumeDate"], "2026-01-01 00:00:00");
+}
