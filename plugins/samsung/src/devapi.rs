@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use iapd_sdk_plugin::path_segment as segment;
 use iapd_sdk_plugin::prelude::*;
-use iapd_sdk_plugin::retry::{Retry, with_retries};
+use iapd_sdk_plugin::retry::{self, Retry, with_retries};
 use iapd_sdk_plugin::sync::TokenCache;
 use iapd_sdk_plugin::{Secret, log};
 use serde::Deserialize;
@@ -219,21 +219,12 @@ pub(crate) async fn exchange(cx: &Ctx, request: HttpRequest, what: &str) -> Resu
     let status = response.status();
     if status == 429 || status >= 500 {
         let error = SamsungError::parse(&response);
-        let code = if status == 429 { Code::ResourceExhausted } else { Code::Unavailable };
-        let mut err = PluginError::new(
-            code,
-            format!(
-                "samsung answered the {what} with http {status}: {}",
-                error.as_ref().map_or("", |error| error.message.as_str())
-            ),
-        )
-        .with_reason(error.map_or_else(|| "UPSTREAM_ERROR".to_owned(), |error| error.code))
-        .with_http_status(status)
-        .retryable(true);
-        if let Some(delay) = response.retry_after() {
-            err = err.retry_after(delay);
-        }
-        return Err(err);
+        let message = format!(
+            "samsung answered the {what} with http {status}: {}",
+            error.as_ref().map_or("", |error| error.message.as_str())
+        );
+        return Err(retry::transient(&response, message)
+            .with_reason(error.map_or_else(|| "UPSTREAM_ERROR".to_owned(), |error| error.code)));
     }
     Ok(response)
 }
