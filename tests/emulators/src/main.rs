@@ -63,7 +63,8 @@ enum Store {
     },
     /// The App Store Server API (production, and the sandbox under /sandbox) and verifyReceipt,
     /// signing transactions with a certificate chain of its own.
-    AppStore {
+    #[command(name = "app-store")]
+    Apple {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8098")]
         listen: SocketAddr,
@@ -100,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
             let seed = parse_state(state.as_deref(), samsung::DEFAULT_STATE)?;
             ("samsung", listen, Arc::new(Samsung::new(seed).map_err(anyhow::Error::msg)?))
         }
-        Store::AppStore { listen, state, root_out } => {
+        Store::Apple { listen, state, root_out } => {
             let seed = parse_state(state.as_deref(), app_store::DEFAULT_STATE)?;
             let emulator = AppStore::new(seed).map_err(anyhow::Error::msg)?;
             if let Some(path) = root_out {
