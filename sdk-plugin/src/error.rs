@@ -103,6 +103,20 @@ macro_rules! constructors {
     };
 }
 
+impl Code {
+    /// The code for a store's considered refusal with HTTP `status` (400,
+    /// 401, 403, 404; UNKNOWN for anything else).
+    pub fn for_refusal(status: u16) -> Code {
+        match status {
+            400 => Code::InvalidArgument,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            _ => Code::Unknown,
+        }
+    }
+}
+
 impl PluginError {
     /// An error with `code` and a lowercase message with context.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
@@ -129,6 +143,12 @@ impl PluginError {
         unimplemented => Unimplemented,
         internal => Internal,
         aborted => Aborted,
+    }
+
+    /// INTERNAL `UNEXPECTED_RESPONSE`: the store answered with HTTP `status`
+    /// but not in its own shape (often a wrong API origin in the config).
+    pub fn unexpected_response(status: u16, message: impl Into<String>) -> Self {
+        Self::internal(message).with_reason("UNEXPECTED_RESPONSE").with_http_status(status)
     }
 
     /// The store's own reason string; it becomes `ErrorInfo.reason`.

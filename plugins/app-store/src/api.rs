@@ -187,11 +187,10 @@ impl ServerApi {
                 }
                 return match error {
                     Some(error) => Ok(Answer::Refused(status, error)),
-                    None => Err(PluginError::internal(format!(
-                        "the app store answered {what} with http {status} and no error body; is `api_root` right?"
-                    ))
-                    .with_reason("UNEXPECTED_RESPONSE")
-                    .with_http_status(status)),
+                    None => Err(PluginError::unexpected_response(
+                        status,
+                        format!("the app store answered {what} with http {status} and no error body; is `api_root` right?"),
+                    )),
                 };
             }
         })

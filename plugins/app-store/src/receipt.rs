@@ -171,11 +171,12 @@ async fn post(
             return Err(retry::transient(&response, message).with_reason("UPSTREAM_ERROR"));
         }
         let parsed: VerifyReceiptResponse = serde_json::from_slice(response.body()).map_err(|_| {
-            PluginError::internal(format!(
-                "the app store answered verifyReceipt with http {status} and no receipt status; is `receipt_url` right?"
-            ))
-            .with_reason("UNEXPECTED_RESPONSE")
-            .with_http_status(status)
+            PluginError::unexpected_response(
+                status,
+                format!(
+                    "the app store answered verifyReceipt with http {status} and no receipt status; is `receipt_url` right?"
+                ),
+            )
         })?;
         if matches!(parsed.status, 21005 | 21009 | 21100..=21199) {
             return Err(PluginError::unavailable(format!(

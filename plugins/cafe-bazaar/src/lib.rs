@@ -322,11 +322,12 @@ impl CafeBazaar {
                     _ => {
                         return match parse_error(&response) {
                             Some(error) => Ok(Answer::Refused(status, error)),
-                            None => Err(PluginError::internal(format!(
-                                "cafe bazaar answered {what} with http {status} and no error body; is `api_root` right?"
-                            ))
-                            .with_reason("UNEXPECTED_RESPONSE")
-                            .with_http_status(status)),
+                            None => Err(PluginError::unexpected_response(
+                                status,
+                                format!(
+                                    "cafe bazaar answered {what} with http {status} and no error body; is `api_root` right?"
+                                ),
+                            )),
                         };
                     }
                 }
@@ -416,16 +417,12 @@ fn parse_error(response: &HttpResponse) -> Option<BazaarError> {
 
 /// The caller's error for Bazaar's refusal.
 fn refusal(status: u16, error: &BazaarError, what: &str) -> PluginError {
-    let code = match status {
-        400 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::NotFound,
-        _ => Code::Unknown,
-    };
-    PluginError::new(code, format!("cafe bazaar answered {what} with http {status}: {}", error.error_description))
-        .with_reason(error.error.clone())
-        .with_http_status(status)
+    PluginError::new(
+        Code::for_refusal(status),
+        format!("cafe bazaar answered {what} with http {status}: {}", error.error_description),
+    )
+    .with_reason(error.error.clone())
+    .with_http_status(status)
 }
 
 fn purchase_token(proof: Option<&proto::Proof>) -> Result<&str, PluginError> {

@@ -128,11 +128,12 @@ impl Client {
                     status => {
                         return match GoogleError::parse(&response) {
                             Some(google) => Ok(Answer::Refused(google)),
-                            None => Err(PluginError::internal(format!(
-                                "google play answered {what} with http {status} and no google error envelope; is `api_root` right?"
-                            ))
-                            .with_reason("UNEXPECTED_RESPONSE")
-                            .with_http_status(status)),
+                            None => Err(PluginError::unexpected_response(
+                                status,
+                                format!(
+                                    "google play answered {what} with http {status} and no google error envelope; is `api_root` right?"
+                                ),
+                            )),
                         };
                     }
                 }

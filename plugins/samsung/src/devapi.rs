@@ -254,22 +254,17 @@ impl SamsungError {
 fn refusal(response: &HttpResponse, what: &str) -> PluginError {
     let status = response.status();
     let Some(error) = SamsungError::parse(response) else {
-        return PluginError::internal(format!(
-            "samsung answered the {what} with http {status} and no error body; is `devapi_root` right?"
-        ))
-        .with_reason("UNEXPECTED_RESPONSE")
-        .with_http_status(status);
+        return PluginError::unexpected_response(
+            status,
+            format!("samsung answered the {what} with http {status} and no error body; is `devapi_root` right?"),
+        );
     };
-    let code = match status {
-        400 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::NotFound,
-        _ => Code::Unknown,
-    };
-    PluginError::new(code, format!("samsung answered the {what} with http {status}: {}", error.message))
-        .with_reason(error.code)
-        .with_http_status(status)
+    PluginError::new(
+        Code::for_refusal(status),
+        format!("samsung answered the {what} with http {status}: {}", error.message),
+    )
+    .with_reason(error.code)
+    .with_http_status(status)
 }
 
 /// The outcome of one purchase in an acknowledge or consume answer: whether

@@ -112,12 +112,13 @@ fn parse<T: serde::de::DeserializeOwned + HasStatus>(
     let success = (200..300).contains(&response.status());
     match serde_json::from_slice::<T>(response.body()) {
         Ok(answer) if answer.has_status() => Ok(answer),
-        _ if !success => Err(PluginError::internal(format!(
-            "samsung answered the {what} with http {} and no answer of its shape; is `{config_key}` right?",
-            response.status()
-        ))
-        .with_reason("UNEXPECTED_RESPONSE")
-        .with_http_status(response.status())),
+        _ if !success => Err(PluginError::unexpected_response(
+            response.status(),
+            format!(
+                "samsung answered the {what} with http {} and no answer of its shape; is `{config_key}` right?",
+                response.status()
+            ),
+        )),
         Ok(_) => Err(malformed(response, what, "no `status`".to_owned())),
         Err(err) => Err(malformed(response, what, format!("a body of another shape ({err})"))),
     }
