@@ -87,6 +87,8 @@ struct RawStore {
     #[serde(default = "default_plugin_threads")]
     plugin_threads: usize,
     #[serde(default)]
+    inline_calls: bool,
+    #[serde(default)]
     config: Option<serde_json::Value>,
     #[serde(default)]
     secrets: BTreeMap<String, SecretSource>,
@@ -150,6 +152,9 @@ pub struct StoreConfig {
     pub http_timeout: Duration,
     /// Threads that run this store's plugin code.
     pub plugin_threads: usize,
+    /// Start calls on the runtime's threads instead of the plugin threads
+    /// (only for plugins that declare a non-blocking `call`).
+    pub inline_calls: bool,
     /// The plugin's own settings, as JSON.
     pub config_json: String,
     /// Resolved secret values by name.
@@ -163,6 +168,8 @@ impl fmt::Debug for StoreConfig {
             .field("allowed_origins", &self.allowed_origins)
             .field("max_in_flight", &self.max_in_flight)
             .field("http_timeout", &self.http_timeout)
+            .field("plugin_threads", &self.plugin_threads)
+            .field("inline_calls", &self.inline_calls)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -318,6 +325,7 @@ fn validate_store(key: &str, store: RawStore, plugins_dir: &Path) -> Result<Stor
         max_in_flight: store.max_in_flight,
         http_timeout: Duration::from_millis(store.http_timeout_ms),
         plugin_threads: store.plugin_threads,
+        inline_calls: store.inline_calls,
         config_json: store.config.map(|value| value.to_string()).unwrap_or_default(),
         secrets,
     })

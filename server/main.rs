@@ -142,6 +142,7 @@ fn list_plugins(config: &Config) -> anyhow::Result<()> {
                 );
                 println!("  capabilities: {}", capability_names(d.capabilities).join(", "));
                 println!("  proofs:       {}", meta.info.proof_kinds.join(", "));
+                println!("  calls:        {}", call_dispatch(d.flags, store.inline_calls));
                 println!("  build:        {}", d.build_info);
                 println!("  path:         {}", meta.path.display());
             }
@@ -153,6 +154,19 @@ fn list_plugins(config: &Config) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!failed, "some plugins were refused");
     Ok(())
+}
+
+/// Where the store's calls start, as `serve` would decide it.
+fn call_dispatch(flags: u16, inline_calls: bool) -> &'static str {
+    let nonblocking = flags & iapd_sdk_plugin::abi::FLAG_NONBLOCKING_CALL != 0;
+    match (nonblocking, inline_calls) {
+        (true, true) => "inline, on the server's threads (the plugin declares a non-blocking call)",
+        (true, false) => "on plugin threads (the plugin declares a non-blocking call; `inline_calls` is off)",
+        (false, true) => {
+            "refused by `serve`: `inline_calls` is on, but the plugin does not declare a non-blocking call"
+        }
+        (false, false) => "on plugin threads",
+    }
 }
 
 fn capability_names(bits: u64) -> Vec<&'static str> {

@@ -1,5 +1,5 @@
 /*
- * iapd_plugin.h: the iapd store plugin ABI, major 1, minor 0.
+ * iapd_plugin.h: the iapd store plugin ABI, major 1, minor 1.
  *
  * This header is the normative definition of the ABI. The Rust SDK mirrors it
  * and asserts every size and offset against it.
@@ -42,7 +42,7 @@ extern "C" {
 
 #define IAPD_PLUGIN_MAGIC 0x44504149u /* the bytes "IAPD" read little-endian */
 #define IAPD_ABI_MAJOR 1u
-#define IAPD_ABI_MINOR 0u
+#define IAPD_ABI_MINOR 1u
 #define IAPD_PLUGIN_ENTRY_SYMBOL "iapd_plugin_v1"
 
 /* Status codes are numerically the gRPC codes. Receivers map values they do not
@@ -132,6 +132,11 @@ typedef struct iapd_host_api {
 /* Descriptor flags. */
 #define IAPD_FLAG_THREAD_SAFE 0x0001u   /* required: entry points may run concurrently */
 #define IAPD_FLAG_PANIC_GUARDED 0x0002u /* nothing unwinds out of any entry point */
+/* Since 1.1 (hosts before 1.1 ignore it): call returns within microseconds and
+ * never blocks, so a host may start calls on its own I/O threads instead of
+ * handing them to plugin threads. A host that sees call take too long stops
+ * doing so for this plugin. */
+#define IAPD_FLAG_NONBLOCKING_CALL 0x0004u
 
 /* Capability bits. Hosts ignore bits they do not know. */
 #define IAPD_CAP_VERIFY (1ull << 0)

@@ -13,7 +13,7 @@ pub const PLUGIN_MAGIC: u32 = 0x4450_4149;
 /// `IAPD_ABI_MAJOR`.
 pub const ABI_MAJOR: u16 = 1;
 /// `IAPD_ABI_MINOR`: the minor this crate (and the host built with it) speaks.
-pub const ABI_MINOR: u16 = 0;
+pub const ABI_MINOR: u16 = 1;
 /// `IAPD_PLUGIN_ENTRY_SYMBOL`.
 pub const ENTRY_SYMBOL: &str = "iapd_plugin_v1";
 /// The prefix every major's entry symbol starts with, to recognize plugins
@@ -24,6 +24,10 @@ pub const ENTRY_SYMBOL_PREFIX: &str = "iapd_plugin_v";
 pub const FLAG_THREAD_SAFE: u16 = 0x0001;
 /// `IAPD_FLAG_PANIC_GUARDED`.
 pub const FLAG_PANIC_GUARDED: u16 = 0x0002;
+/// `IAPD_FLAG_NONBLOCKING_CALL` (since 1.1): `call` returns within
+/// microseconds and never blocks, so the host may start calls on its own I/O
+/// threads.
+pub const FLAG_NONBLOCKING_CALL: u16 = 0x0004;
 
 /// `IAPD_CAP_VERIFY`.
 pub const CAP_VERIFY: u64 = 1 << 0;

@@ -37,13 +37,14 @@ macro_rules! export_store {
 /// Builds the descriptor for `S`; used by [`crate::export_store!`].
 pub const fn descriptor<S: Store>(version: &'static CStr) -> PluginDescriptor {
     let panic_guarded = if cfg!(panic = "unwind") { abi::FLAG_PANIC_GUARDED } else { 0 };
+    let nonblocking = if S::NONBLOCKING_CALL { abi::FLAG_NONBLOCKING_CALL } else { 0 };
     PluginDescriptor {
         magic: abi::PLUGIN_MAGIC,
         abi_major: abi::ABI_MAJOR,
         abi_minor: abi::ABI_MINOR,
         struct_size: abi::DESCRIPTOR_SIZE_1_0,
         min_host_minor: 0,
-        flags: abi::FLAG_THREAD_SAFE | panic_guarded,
+        flags: abi::FLAG_THREAD_SAFE | panic_guarded | nonblocking,
         name: S::NAME.as_ptr(),
         version: version.as_ptr(),
         build_info: cstr(crate::BUILD_INFO).as_ptr(),

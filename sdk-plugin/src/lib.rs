@@ -105,6 +105,13 @@ pub trait Store: Sized + Send + Sync + 'static {
     /// The operations served, as `CAP_*` bits; must match the methods
     /// implemented below.
     const CAPABILITIES: u64;
+    /// Set to `true` only if every method, up to its first `.await` on the
+    /// host (an HTTP request or a timer), takes microseconds and never blocks.
+    /// The host may then start this store's calls on its own I/O threads
+    /// instead of handing them to plugin threads, which saves two thread
+    /// wake-ups per call; it matters for stores that answer from memory. A
+    /// call that overruns makes the host stop doing so for the store.
+    const NONBLOCKING_CALL: bool = false;
     /// The store's `[stores.<id>.config]` table, deserialized from JSON.
     type Config: serde::de::DeserializeOwned;
 

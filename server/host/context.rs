@@ -48,6 +48,8 @@ pub struct HostCounters {
     pub http_refused: AtomicU64,
     /// Completions that arrived for no pending call (late or duplicate).
     pub stray_completions: AtomicU64,
+    /// Inline calls that ran past their budget.
+    pub inline_overruns: AtomicU64,
 }
 
 /// The host side of one plugin instance.

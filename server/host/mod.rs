@@ -1,8 +1,10 @@
 //! The plugin host: loads store plugins through ABI v1 and calls them.
 //!
-//! Plugin code never runs on a runtime worker thread: it runs on a few
-//! threads per store (`pool`), and returns as soon as it has asked the host
-//! for I/O, so no thread waits while a store answers.
+//! Plugin code runs on a few threads per store (`pool`), and returns as soon
+//! as it has asked the host for I/O, so no thread waits while a store
+//! answers. The one exception is opt-in: a store configured with
+//! `inline_calls` whose plugin declares a non-blocking `call` has its calls
+//! started on the runtime thread that received them, under a time budget.
 
 mod context;
 #[allow(unsafe_code)]
@@ -13,7 +15,7 @@ mod pool;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use iapd_sdk_plugin::abi::{self, status};
@@ -30,6 +32,16 @@ use crate::config::{Config, Origin, StoreConfig};
 
 /// How long a plugin may take to create its instance.
 const INSTANCE_NEW_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest an inline `call` may hold a runtime thread. An overrun means
+/// the plugin broke its non-blocking promise, or the thread was preempted
+/// (a busy machine does that now and then, so one overrun is not proof).
+const INLINE_CALL_BUDGET: Duration = Duration::from_millis(5);
+/// This many overruns within `INLINE_STRIKE_WINDOW` move a store's calls to
+/// its plugin threads for good: two wake-ups per call, never a stalled
+/// runtime.
+const INLINE_STRIKES: usize = 3;
+const INLINE_STRIKE_WINDOW: Duration = Duration::from_secs(60);
 
 /// What `iapd plugins` shows about a plugin file, without starting it.
 #[derive(Debug, Clone)]
@@ -124,6 +136,10 @@ pub struct StorePlugin {
     context: Arc<HostContext>,
     in_flight: Semaphore,
     max_in_flight: usize,
+    /// Calls start on the calling runtime thread (see `INLINE_CALL_BUDGET`).
+    inline_calls: AtomicBool,
+    /// When the latest inline overruns happened, oldest first.
+    inline_strikes: std::sync::Mutex<std::collections::VecDeque<Instant>>,
 }
 
 impl std::fmt::Debug for StorePlugin {
@@ -141,6 +157,16 @@ impl StorePlugin {
         let (meta, descriptor) = tokio::task::spawn_blocking(move || open_checked(&path)).await.map_err(|err| {
             LoadError::Open { path: store.plugin_path.clone(), reason: format!("loader thread failed: {err}") }
         })??;
+        if store.inline_calls && meta.descriptor.flags & abi::FLAG_NONBLOCKING_CALL == 0 {
+            return Err(LoadError::Descriptor {
+                path: meta.path.clone(),
+                plugin: String::new(),
+                problem: format!(
+                    "`stores.{id}.inline_calls` is true, but the plugin does not declare a non-blocking call (flag NONBLOCKING_CALL missing: found flags {:#06x})",
+                    meta.descriptor.flags
+                ),
+            });
+        }
 
         let mut origins = Vec::new();
         for text in &meta.info.allowed_origins {
@@ -190,6 +216,8 @@ impl StorePlugin {
             context,
             in_flight: Semaphore::new(store.max_in_flight),
             max_in_flight: store.max_in_flight,
+            inline_calls: AtomicBool::new(store.inline_calls),
+            inline_strikes: std::sync::Mutex::default(),
         })
     }
 
@@ -218,9 +246,16 @@ impl StorePlugin {
         self.context.calls_in_flight()
     }
 
+    /// Whether calls start on the calling thread: configured, and no call
+    /// has overrun the budget yet.
+    pub fn calls_inline(&self) -> bool {
+        self.inline_calls.load(Ordering::Relaxed)
+    }
+
     /// Calls `method` and waits for its completion until `deadline`.
     pub async fn call(&self, method: &'static str, request: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, CallError> {
-        self.call_with(Dispatch::PluginThreads, method, request, deadline).await
+        let dispatch = if self.calls_inline() { Dispatch::Inline { budgeted: true } } else { Dispatch::PluginThreads };
+        self.call_with(dispatch, method, request, deadline).await
     }
 
     /// Like [`StorePlugin::call`], but runs the plugin's `call` entry point on
@@ -234,7 +269,7 @@ impl StorePlugin {
         request: Vec<u8>,
         deadline: Instant,
     ) -> Result<Vec<u8>, CallError> {
-        self.call_with(Dispatch::CurrentThread, method, request, deadline).await
+        self.call_with(Dispatch::Inline { budgeted: false }, method, request, deadline).await
     }
 
     async fn call_with(
@@ -270,10 +305,15 @@ impl StorePlugin {
             }
         };
         match dispatch {
-            // Plugin code is unknown code: it never runs on a runtime worker.
+            // Plugin code is unknown code: by default it never runs on a
+            // runtime thread.
             Dispatch::PluginThreads => self.context.run_plugin_code(start),
-            #[cfg(feature = "bench-internals")]
-            Dispatch::CurrentThread => start(),
+            Dispatch::Inline { budgeted: false } => start(),
+            Dispatch::Inline { budgeted: true } => {
+                let started = Instant::now();
+                start();
+                self.check_inline_budget(method, started.elapsed());
+            }
         }
         let completion = match tokio::time::timeout_at(deadline.into(), completion).await {
             Ok(Ok(completion)) => completion,
@@ -295,12 +335,44 @@ impl StorePlugin {
     }
 }
 
+impl StorePlugin {
+    fn check_inline_budget(&self, method: &str, took: Duration) {
+        if took <= INLINE_CALL_BUDGET {
+            return;
+        }
+        self.context.counters.inline_overruns.fetch_add(1, Ordering::Relaxed);
+        let took_us = took.as_micros() as u64;
+        let budget_us = INLINE_CALL_BUDGET.as_micros() as u64;
+        let strikes = {
+            let mut strikes = self.inline_strikes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            strikes.retain(|at| now.duration_since(*at) < INLINE_STRIKE_WINDOW);
+            strikes.push_back(now);
+            strikes.len()
+        };
+        if strikes < INLINE_STRIKES {
+            tracing::warn!(store = %self.id, method, took_us, budget_us, strikes, "an inline plugin call held a runtime thread past its budget");
+        } else if self.inline_calls.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                store = %self.id,
+                method,
+                took_us,
+                budget_us,
+                strikes,
+                "inline plugin calls overran their budget {INLINE_STRIKES} times within {}s: this store's calls go to its plugin threads from now on",
+                INLINE_STRIKE_WINDOW.as_secs()
+            );
+        }
+    }
+}
+
 /// Where the plugin's `call` entry point runs.
 #[derive(Debug, Clone, Copy)]
 enum Dispatch {
+    /// On the store's plugin threads (the default).
     PluginThreads,
-    #[cfg(feature = "bench-internals")]
-    CurrentThread,
+    /// On the calling thread; `budgeted` watches the time it takes.
+    Inline { budgeted: bool },
 }
 
 /// Forgets a call and cancels it in the plugin unless disarmed.

@@ -237,34 +237,43 @@ async fn measure_rps(address: std::net::SocketAddr, seconds: u64) -> (f64, Durat
     (total as f64 / started.elapsed().as_secs_f64(), cpu / u32::try_from(total.max(1)).unwrap_or(u32::MAX))
 }
 
+/// Starts iapd in this process with the sandbox store; returns its address
+/// and a canned answer for the bare handler.
+async fn start_iapd(
+    inline_calls: bool,
+) -> (std::net::SocketAddr, pb::VerifyResponse, Arc<PluginHost>, tempfile::TempDir) {
+    let threads = std::env::var("BENCH_PLUGIN_THREADS").unwrap_or_else(|_| "2".into());
+    let (config, dir) = config(&format!(
+        "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\nplugin_threads = {threads}\ninline_calls = {inline_calls}\n"
+    ));
+    let host = Arc::new(PluginHost::start(&config).await.unwrap());
+    assert_eq!(host.store("sandbox").unwrap().calls_inline(), inline_calls);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(iapd::serve(listener, config, host.clone(), std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut client = PurchaseServiceClient::connect(format!("http://{address}")).await.unwrap();
+    (address, client.verify(public_request()).await.unwrap().into_inner(), host, dir)
+}
+
+/// One row of (2): the median pair and the spread of the ratios.
+fn report_ratios(what: &str, bare: &[f64], through: &[f64], cpu_ratio: f64) {
+    let mut ratios: Vec<(f64, f64, f64)> = bare.iter().zip(through).map(|(b, t)| (*b, *t, t / b)).collect();
+    ratios.sort_by(|a, b| a.2.total_cmp(&b.2));
+    let (b, t, r) = ratios[ratios.len() / 2];
+    let (low, high) = (ratios[0].2, ratios[ratios.len() - 1].2);
+    println!("| {what} | {b:.0} | {t:.0} | **{r:.2}** | {low:.2}-{high:.2} | {cpu_ratio:.2} |");
+}
+
 /// (2) Verify through iapd and the sandbox plugin against a bare tonic
-/// handler: same client, same run, alternating rounds.
+/// handler: same client, same run, alternating rounds. iapd runs twice: with
+/// the sandbox's calls started inline (its shipped configuration) and handed
+/// to plugin threads (every store's default).
 async fn throughput() {
     const ROUNDS: usize = 15;
     const SECONDS: u64 = 1;
-    let threads = std::env::var("BENCH_PLUGIN_THREADS").unwrap_or_else(|_| "2".into());
-    let (config, _dir) =
-        config(&format!("[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\nplugin_threads = {threads}\n"));
-    let host = Arc::new(PluginHost::start(&config).await.unwrap());
-    let canned = {
-        let store = host.store("sandbox").unwrap();
-        let answer = store
-            .call(
-                abi::method::VERIFY,
-                verify_request("coins_100", "purchased-bench").encode_to_vec(),
-                Instant::now() + Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-        let _ = plugin::VerifyResponse::decode(answer.as_slice()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(iapd::serve(listener, config.clone(), host.clone(), std::future::pending()));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut client = PurchaseServiceClient::connect(format!("http://{address}")).await.unwrap();
-        (client.verify(public_request()).await.unwrap().into_inner(), address)
-    };
-    let (canned_answer, iapd_address) = canned;
+    let (inline_address, canned_answer, inline_host, _inline_dir) = start_iapd(true).await;
+    let (threads_address, _, _threads_host, _threads_dir) = start_iapd(false).await;
     let bare_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bare_address = bare_listener.local_addr().unwrap();
     tokio::spawn(
@@ -272,46 +281,54 @@ async fn throughput() {
             .add_service(pb::purchase_service_server::PurchaseServiceServer::new(Bare(canned_answer)))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(bare_listener)),
     );
-    // The machine's speed drifts (a shared VM): pairs measured back to back,
-    // many of them, and the median ratio, are steadier than long rounds.
     if let Ok(seconds) = std::env::var("BENCH_PROFILE_IAPD_SECONDS") {
-        // Load on iapd alone, for a profiler.
-        let (rps, cpu) = measure_rps(iapd_address, seconds.parse().unwrap_or(10)).await;
+        // Load on one iapd alone, for a profiler.
+        let address =
+            if std::env::var_os("BENCH_PROFILE_THREADS").is_some() { threads_address } else { inline_address };
+        let (rps, cpu) = measure_rps(address, seconds.parse().unwrap_or(10)).await;
         println!("iapd alone: {rps:.0} req/s, {cpu:?} CPU per request");
         return;
     }
-    let _ = measure_rps(bare_address, 1).await; // warm both up
-    let _ = measure_rps(iapd_address, 1).await;
-    let mut pairs = Vec::new();
-    let (mut bare_cpu, mut iapd_cpu) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let (bare, bare_cpu_per_call) = measure_rps(bare_address, SECONDS).await;
-        let (through, iapd_cpu_per_call) = measure_rps(iapd_address, SECONDS).await;
-        pairs.push((bare, through, through / bare));
-        bare_cpu.push(bare_cpu_per_call);
-        iapd_cpu.push(iapd_cpu_per_call);
+    for address in [bare_address, inline_address, threads_address] {
+        let _ = measure_rps(address, 1).await; // warm up
     }
-    pairs.sort_by(|a, b| a.2.total_cmp(&b.2));
-    bare_cpu.sort();
-    iapd_cpu.sort();
-    let (bare, through, ratio) = pairs[pairs.len() / 2];
+    // The machine's speed drifts (a shared VM): rounds measured back to back,
+    // many of them, and the median ratio, are steadier than long rounds.
+    let (mut bare, mut inline, mut threads) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for (index, (address, rates)) in
+            [(bare_address, &mut bare), (inline_address, &mut inline), (threads_address, &mut threads)]
+                .into_iter()
+                .enumerate()
+        {
+            let (rps, cpu_per_call) = measure_rps(address, SECONDS).await;
+            rates.push(rps);
+            cpu[index].push(cpu_per_call);
+        }
+    }
+    let median = |samples: &mut Vec<Duration>| {
+        samples.sort();
+        samples[samples.len() / 2].as_secs_f64()
+    };
+    let [bare_cpu, inline_cpu, threads_cpu] = cpu.map(|mut samples| median(&mut samples));
     println!(
-        "\n(2) Verify throughput, 64 concurrent callers over 4 connections, {ROUNDS} back-to-back pairs of {SECONDS} s"
+        "\n(2) Verify throughput, 64 concurrent callers over 4 connections, {ROUNDS} back-to-back rounds of {SECONDS} s each"
     );
-    println!("| | bare tonic handler (req/s) | iapd + sandbox plugin (req/s) | ratio |");
-    println!("|---|---|---|---|");
-    println!("| median pair | {bare:.0} | {through:.0} | {ratio:.2} |");
-    println!("| lowest ratio | {:.0} | {:.0} | {:.2} |", pairs[0].0, pairs[0].1, pairs[0].2);
     println!(
-        "| highest ratio | {:.0} | {:.0} | {:.2} |",
-        pairs[ROUNDS - 1].0,
-        pairs[ROUNDS - 1].1,
-        pairs[ROUNDS - 1].2
+        "| iapd + sandbox plugin | bare tonic handler (req/s) | iapd (req/s) | ratio, median round | ratio range | CPU ratio |"
     );
-    let (bare_cpu, iapd_cpu) = (bare_cpu[ROUNDS / 2], iapd_cpu[ROUNDS / 2]);
+    println!("|---|---|---|---|---|---|");
+    report_ratios("calls inline (the sandbox's shipped configuration)", &bare, &inline, bare_cpu / inline_cpu);
+    report_ratios("calls on plugin threads (every store's default)", &bare, &threads, bare_cpu / threads_cpu);
+    let sandbox = inline_host.store("sandbox").unwrap();
+    let overruns = sandbox.counters().inline_overruns.load(std::sync::atomic::Ordering::Relaxed);
+    println!("inline calls over their budget: {overruns}; still inline at the end: {}", sandbox.calls_inline());
     println!(
-        "CPU per request, client and server together (median): bare {bare_cpu:?}, iapd {iapd_cpu:?} (ratio {:.2})",
-        bare_cpu.as_secs_f64() / iapd_cpu.as_secs_f64()
+        "CPU per request, client and server together (medians): bare {:.1} µs, inline {:.1} µs, plugin threads {:.1} µs",
+        bare_cpu * 1e6,
+        inline_cpu * 1e6,
+        threads_cpu * 1e6
     );
 }
 

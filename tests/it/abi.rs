@@ -83,7 +83,7 @@ fn refusals_name_the_found_and_expected_values() {
         (
             "bad_descriptor.c",
             &["-DABI_MINOR=7", "-DMIN_HOST_MINOR=7"],
-            "needs host ABI >= 1.7, this server provides 1.0",
+            "needs host ABI >= 1.7, this server provides 1.1",
         ),
         ("bad_descriptor.c", &["-DMAGIC=0xDEADBEEFu"], "bad magic: found 0xdeadbeef, expected 0x44504149"),
         ("bad_descriptor.c", &["-DABI_MAJOR=2"], "ABI major mismatch: found 2, expected 1"),

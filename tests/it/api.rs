@@ -17,7 +17,7 @@ async fn list_stores_describes_the_sandbox() {
     let store = &answer.stores[0];
     assert_eq!(store.id, "sandbox");
     assert_eq!(store.plugin_name, "sandbox");
-    assert_eq!(store.abi_version, "1.0");
+    assert_eq!(store.abi_version, "1.1");
     assert_eq!(store.proof_kinds, ["purchase_token"]);
     let capabilities: Vec<pb::Capability> =
         store.capabilities.iter().map(|c| pb::Capability::try_from(*c).unwrap()).collect();

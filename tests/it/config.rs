@@ -78,12 +78,42 @@ fn check_config_accepts_the_embedded_defaults() {
 }
 
 #[test]
+fn plugins_says_where_calls_run() {
+    let sandbox = Sandbox::new();
+    sandbox.add_plugin(&built_plugin("iapd-plugin-sandbox"), "libsandbox.so");
+    sandbox.compile_c_plugin("echo_store.c", "libecho_c.so");
+    let config = sandbox.write_config(
+        "[stores.threads]\nplugin = \"libsandbox.so\"\n\n[stores.echo]\nplugin = \"libecho_c.so\"\ninline_calls = true\n",
+    );
+    let config = config.to_str().unwrap();
+    let (_, stdout, _) = run_iapd(&["--config", config, "plugins"], &[]);
+    assert!(
+        stdout.contains(
+            "calls:        on plugin threads (the plugin declares a non-blocking call; `inline_calls` is off)"
+        ),
+        "{stdout}"
+    );
+    // `check-config` starts each store, so it refuses what `serve` would.
+    let (ok, _, stderr) = run_iapd(&["--config", config, "check-config"], &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("`stores.echo.inline_calls` is true, but the plugin does not declare a non-blocking call"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn plugins_lists_abi_capabilities_and_path() {
     let (ok, stdout, stderr) = run_iapd(&["plugins"], &[]);
     assert!(ok, "{stderr}");
-    for expected in
-        ["sandbox", "abi:          1.0", "verify, acknowledge, consume, list_items", "libiapd_plugin_sandbox"]
-    {
+    for expected in [
+        "sandbox",
+        "abi:          1.1",
+        "verify, acknowledge, consume, list_items",
+        "libiapd_plugin_sandbox",
+        // The embedded defaults run the sandbox's calls inline.
+        "calls:        inline, on the server's threads (the plugin declares a non-blocking call)",
+    ] {
         assert!(stdout.contains(expected), "`{expected}` missing:\n{stdout}");
     }
 }

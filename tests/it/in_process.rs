@@ -7,6 +7,7 @@ use std::time::Duration;
 use iapd::config::{Config, Sources};
 use iapd::host::PluginHost;
 use iapd::pb::{self, purchase_service_client::PurchaseServiceClient};
+use prost::Message;
 
 use crate::support::{Sandbox, built_plugin, unique, verify};
 
@@ -50,4 +51,89 @@ async fn serve_runs_on_port_zero_and_stops_on_its_shutdown_future() {
         .expect("serve returns after shutdown")
         .unwrap()
         .unwrap();
+}
+
+/// The name of the thread that ran a faulty-plugin call.
+async fn call_thread(host: &PluginHost) -> String {
+    let store = host.store("faulty").unwrap();
+    let request = plugin_request("thread", &[]);
+    let answer = store.call(METHOD_VERIFY, request, deadline()).await.unwrap();
+    iapd_sdk_plugin::proto::VerifyResponse::decode(answer.as_slice()).unwrap().verdict_reason
+}
+
+fn plugin_request(product: &str, parameters: &[(&str, &str)]) -> Vec<u8> {
+    iapd_sdk_plugin::proto::VerifyRequest {
+        app_id: "com.example".into(),
+        product_id: product.into(),
+        proof: Some(iapd_sdk_plugin::proto::Proof {
+            kind: Some(iapd_sdk_plugin::proto::proof::Kind::PurchaseToken("t".into())),
+            store_parameters: parameters.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        }),
+        user_id: String::new(),
+    }
+    .encode_to_vec()
+}
+
+const METHOD_VERIFY: &str = iapd_sdk_plugin::abi::method::VERIFY;
+
+fn deadline() -> std::time::Instant {
+    std::time::Instant::now() + Duration::from_secs(5)
+}
+
+async fn faulty_host(inline_calls: bool) -> PluginHost {
+    let sandbox = Sandbox::new();
+    sandbox.add_plugin(&built_plugin("iapd-test-plugin-faulty"), "libfaulty.so");
+    let path = sandbox.write_config(&format!(
+        "[stores.faulty]\nplugin = \"libfaulty.so\"\nplugin_threads = 1\ninline_calls = {inline_calls}\n"
+    ));
+    let config = Config::load(&Sources { file: Some(path) }).unwrap();
+    PluginHost::start(&config).await.unwrap()
+}
+
+#[tokio::test]
+async fn plugin_code_runs_on_plugin_threads_unless_the_store_calls_inline() {
+    let threaded = faulty_host(false).await;
+    assert!(!threaded.store("faulty").unwrap().calls_inline());
+    assert_eq!(call_thread(&threaded).await, "plugin-faulty-0");
+
+    let inline = faulty_host(true).await;
+    let store = inline.store("faulty").unwrap();
+    assert!(store.calls_inline());
+    let caller = std::fs::read_to_string("/proc/thread-self/comm").unwrap().trim_end().to_owned();
+    assert_eq!(call_thread(&inline).await, caller, "an inline call runs on the calling thread");
+}
+
+#[tokio::test]
+async fn an_inline_call_that_blocks_sends_the_store_back_to_its_plugin_threads() {
+    let host = faulty_host(true).await;
+    let store = host.store("faulty").unwrap();
+    let caller = std::fs::read_to_string("/proc/thread-self/comm").unwrap().trim_end().to_owned();
+    // The plugin declared a non-blocking call and breaks the promise: each
+    // of these calls holds the calling thread for 20 ms, past the budget.
+    // Two overruns could be a busy machine preempting the thread; the third
+    // within a minute settles it.
+    for strike in 1..=3 {
+        let answer = store.call(METHOD_VERIFY, plugin_request("block", &[("millis", "20")]), deadline()).await.unwrap();
+        let answer = iapd_sdk_plugin::proto::VerifyResponse::decode(answer.as_slice()).unwrap();
+        assert_eq!(answer.verdict_reason, "blocked 20 ms", "an overrunning call is still answered");
+        assert_eq!(store.counters().inline_overruns.load(std::sync::atomic::Ordering::Relaxed), strike);
+        if strike < 3 {
+            assert!(store.calls_inline(), "strike {strike} alone does not move the store");
+            assert_eq!(call_thread(&host).await, caller);
+        }
+    }
+    assert!(!store.calls_inline(), "the store no longer calls inline");
+    assert_eq!(call_thread(&host).await, "plugin-faulty-0");
+}
+
+#[tokio::test]
+async fn inline_calls_needs_a_plugin_that_declares_a_nonblocking_call() {
+    let sandbox = Sandbox::new();
+    sandbox.compile_c_plugin("echo_store.c", "libecho_c.so");
+    let path = sandbox.write_config("[stores.echo]\nplugin = \"libecho_c.so\"\ninline_calls = true\n");
+    let config = Config::load(&Sources { file: Some(path) }).unwrap();
+    let error = PluginHost::start(&config).await.unwrap_err().to_string();
+    assert!(error.contains("`stores.echo.inline_calls` is true"), "{error}");
+    assert!(error.contains("flag NONBLOCKING_CALL missing"), "{error}");
+    assert!(error.contains("libecho_c.so"), "{error}");
 }

@@ -253,6 +253,8 @@ fn purchase_state(outcome: &Outcome) -> PurchaseState {
 impl Store for Sandbox {
     const NAME: &'static CStr = c"sandbox";
     const CAPABILITIES: u64 = CAP_VERIFY | CAP_ACKNOWLEDGE | CAP_CONSUME | CAP_LIST_ITEMS;
+    // Every answer comes from memory: no call waits for anything.
+    const NONBLOCKING_CALL: bool = true;
     type Config = Config;
 
     fn info() -> proto::PluginInfo {

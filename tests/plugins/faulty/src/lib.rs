@@ -11,9 +11,15 @@
 //! | `forbidden`         | GETs `http://forbidden.invalid/x`; the host must refuse it (PERMISSION_DENIED, the call's error) |
 //! | `fetch`             | GETs `proof.store_parameters["url"]`; VALID, `verdict_reason` = the body, `purchase.raw_store_response` = the HTTP status |
 //! | `sleep`             | sleeps `proof.store_parameters["millis"]` ms, then VALID               |
+//! | `block`             | blocks its thread for `proof.store_parameters["millis"]` ms (breaks the non-blocking promise below), then VALID |
+//! | `thread`            | VALID, `verdict_reason` = the OS name of the thread that ran the call   |
 //! | `never`             | never completes (for the host's deadline and cancel paths)             |
 //! | `log-secret`        | logs secret `token` through `log` and `Ctx::log` (the host must redact it), then VALID |
 //! | anything else       | VALID with an empty purchase                                           |
+//!
+//! It declares a non-blocking `call` (`NONBLOCKING_CALL`), which `block`
+//! breaks, so the tests can check that the host stops starting its calls
+//! inline.
 //!
 //! With config `{"panic_in_new": true}`, `Store::new` panics, for a test that a
 //! panic in `instance_new` is caught.
@@ -39,6 +45,18 @@ pub struct Config {
 }
 
 /// VALID, with `purchase` as given.
+/// The calling thread's name as the OS knows it (at most 15 bytes).
+fn os_thread_name() -> String {
+    std::fs::read_to_string("/proc/thread-self/comm").map(|name| name.trim_end().to_owned()).unwrap_or_default()
+}
+
+fn millis(request: &proto::VerifyRequest) -> Result<u64, PluginError> {
+    let millis = parameter(request, "millis")?;
+    millis.parse().map_err(|_| {
+        PluginError::invalid_argument(format!("proof.store_parameters: millis `{millis}` is not a number"))
+    })
+}
+
 fn valid(verdict_reason: String, purchase: Option<proto::Purchase>) -> proto::VerifyResponse {
     proto::VerifyResponse { verdict: Verdict::Valid.into(), verdict_reason, purchase }
 }
@@ -56,6 +74,7 @@ fn parameter<'a>(request: &'a proto::VerifyRequest, name: &str) -> Result<&'a st
 impl Store for Faulty {
     const NAME: &'static CStr = c"faulty";
     const CAPABILITIES: u64 = CAP_VERIFY;
+    const NONBLOCKING_CALL: bool = true;
     type Config = Config;
 
     fn info() -> proto::PluginInfo {
@@ -93,13 +112,17 @@ impl Store for Faulty {
                 Ok(valid(String::from_utf8_lossy(response.body()).into_owned(), Some(purchase)))
             }
             "sleep" => {
-                let millis = parameter(&request, "millis")?;
-                let millis = millis.parse().map_err(|_| {
-                    PluginError::invalid_argument(format!("proof.store_parameters: millis `{millis}` is not a number"))
-                })?;
+                let millis = millis(&request)?;
                 cx.sleep(Duration::from_millis(millis)).await?;
                 Ok(valid(format!("slept {millis} ms"), None))
             }
+            "block" => {
+                let millis = millis(&request)?;
+                std::thread::sleep(Duration::from_millis(millis));
+                Ok(valid(format!("blocked {millis} ms"), None))
+            }
+            // The OS's name: the host's thread names live in the host's std.
+            "thread" => Ok(valid(os_thread_name(), None)),
             "never" => std::future::pending().await,
             "log-secret" => {
                 let secret = cx.secret("token")?;
