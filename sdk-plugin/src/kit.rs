@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
@@ -28,6 +28,7 @@ pub struct KitBuilder {
     secrets: HashMap<String, Vec<u8>>,
     extra_origins: Vec<String>,
     handler: Arc<Handler>,
+    fail_first: (usize, Code),
     now_unix_millis: i64,
 }
 
@@ -72,6 +73,14 @@ impl KitBuilder {
         self
     }
 
+    /// Fails the first `requests` HTTP requests at the host with `code` (for
+    /// example `Code::DeadlineExceeded`, a timeout) before the handler sees
+    /// them, to test a store's retries. [`Kit::requests`] lists them too.
+    pub fn fail_first(mut self, requests: usize, code: Code) -> Self {
+        self.fail_first = (requests, code);
+        self
+    }
+
     /// Sets the clock.
     pub fn now_unix_millis(mut self, now: i64) -> Self {
         self.now_unix_millis = now;
@@ -87,6 +96,8 @@ impl KitBuilder {
         origins.extend(self.extra_origins);
         let host = Arc::new(KitHost {
             handler: self.handler,
+            failures_left: AtomicUsize::new(self.fail_first.0),
+            failure: self.fail_first.1,
             secrets: self.secrets,
             origins,
             now: AtomicI64::new(self.now_unix_millis),
@@ -130,6 +141,7 @@ pub fn builder() -> KitBuilder {
         handler: Arc::new(|request: &HttpRequest| {
             panic!("the store sent {} {} but the kit has no http handler", request.method(), request.url())
         }),
+        fail_first: (0, Code::Unavailable),
         now_unix_millis: 1_767_225_600_000, // 2026-01-01T00:00:00Z
     }
 }
@@ -195,7 +207,12 @@ impl<S: Store> Kit<S> {
             let next = lock(&self.host.queue).pop_front();
             match next {
                 Some(Pending::Http(done, request)) => {
-                    let answer = (self.host.handler)(&request);
+                    let failing = self
+                        .host
+                        .failures_left
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+                        .is_ok();
+                    let answer = if failing { Err(self.host.failure) } else { (self.host.handler)(&request) };
                     match answer {
                         Ok(response) => done(abi::status::OK, &response.into_proto().encode_to_vec()),
                         Err(code) => done(code.to_status(), &[]),
@@ -218,6 +235,9 @@ enum Pending {
 
 struct KitHost {
     handler: Arc<Handler>,
+    /// HTTP requests still to fail with `failure` (see `fail_first`).
+    failures_left: AtomicUsize,
+    failure: Code,
     secrets: HashMap<String, Vec<u8>>,
     origins: Vec<String>,
     now: AtomicI64,
@@ -318,6 +338,21 @@ mod tests {
 
     fn fetch(kit: &super::Kit<OriginStore>, url: &str) -> Result<proto::VerifyResponse, PluginError> {
         kit.verify(proto::VerifyRequest { product_id: url.to_owned(), ..Default::default() })
+    }
+
+    #[test]
+    fn fail_first_fails_that_many_requests_at_the_host_then_answers() {
+        let kit = builder()
+            .http(|_| HttpResponse::new(200, ""))
+            .fail_first(2, Code::Unavailable)
+            .build::<OriginStore>()
+            .expect("build");
+        for attempt in 1..=2 {
+            let error = fetch(&kit, "https://store.example/p").expect_err("fails at the host");
+            assert_eq!(error.code(), Code::Unavailable, "attempt {attempt}");
+        }
+        fetch(&kit, "https://store.example/p").expect("the third request reaches the handler");
+        assert_eq!(kit.requests().len(), 3, "failed requests are listed too");
     }
 
     #[test]
