@@ -7,7 +7,7 @@ use iapd::pb::{self, AcknowledgementState as Ack, ConsumptionState as Consumptio
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::support::{Server, error_info, token, unique, verify};
+use crate::support::{Server, error_info, list_pages, token, unique, verify};
 
 #[tokio::test]
 async fn list_stores_describes_the_sandbox() {
@@ -153,21 +153,9 @@ async fn list_items_pages_and_filters() {
         page_size,
         page_token,
     };
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    let mut pages = 0;
-    loop {
-        let page = client.list_items(list(pb::ProductKind::Unspecified, 4, page_token)).await.unwrap().into_inner();
-        assert!(page.items.len() <= 4);
-        all.extend(page.items);
-        pages += 1;
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
-    assert_eq!(pages, 2);
-    assert_eq!(all.len(), 6);
+    let pages = list_pages(&mut client, "sandbox", "com.example.game", 4).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [4, 2]);
+    let all: Vec<pb::CatalogItem> = pages.into_iter().flatten().collect();
     let coins = all.iter().find(|item| item.product_id == "coins_100").unwrap();
     assert_eq!(coins.price.as_ref().map(|p| (p.currency_code.as_str(), p.amount_micros)), Some(("USD", 990_000)));
     for (kind, expected) in

@@ -13,7 +13,7 @@ use iapd_emulators::google_play::GooglePlay;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::support::{Sandbox, Server, built_plugin, error_info, root, token, tool};
+use crate::support::{Sandbox, Server, built_plugin, error_info, list_product_ids, root, token, tool};
 
 const PACKAGE: &str = "com.example.game";
 
@@ -101,26 +101,7 @@ async fn every_rpc_through_iapd_against_the_emulator() {
     assert!(client.consume(consume).await.unwrap().into_inner().already_consumed);
     assert_eq!(env.emulator.purchase("gp-purchased").unwrap()["consumptionState"], 1);
 
-    let mut ids = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_items(pb::ListItemsRequest {
-                store: "google-play".into(),
-                app_id: PACKAGE.into(),
-                page_size: 2,
-                page_token: page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        ids.extend(page.items.into_iter().map(|item| item.product_id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let ids = list_product_ids(&mut client, "google-play", PACKAGE, 2).await;
     assert_eq!(ids, ["coins_100", "remove_ads", "level_pack", "vip"]);
     assert_eq!(env.emulator.count("token"), 1, "one access token served every call");
 }

@@ -9,7 +9,7 @@ use iapd::pb::{self, Verdict};
 use iapd_emulators::samsung::Samsung;
 use tonic::Code;
 
-use crate::support::{Sandbox, Server, built_plugin, error_info, root};
+use crate::support::{Sandbox, Server, built_plugin, error_info, list_product_ids, root};
 
 const PACKAGE: &str = "com.example.galaxy";
 const TICKET: &str = "2bf8fe4fdef1dae29974e5400c106bfced6a650793efa3ce68a79e026481193d";
@@ -130,26 +130,7 @@ async fn verify_acknowledge_consume_and_catalog_through_iapd() {
     let status = client.consume(consume("never-sold")).await.unwrap_err();
     assert_eq!((status.code(), error_info(&status).unwrap().0.as_str()), (Code::NotFound, "ORDER_NOT_FOUND"));
 
-    let mut ids = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_items(pb::ListItemsRequest {
-                store: "samsung".into(),
-                app_id: PACKAGE.into(),
-                page_size: 3,
-                page_token: page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        ids.extend(page.items.into_iter().map(|item| item.product_id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let ids = list_product_ids(&mut client, "samsung", PACKAGE, 3).await;
     assert_eq!(
         ids,
         [

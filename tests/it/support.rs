@@ -277,3 +277,39 @@ pub fn assert_deadline_ended(status: &tonic::Status, started: Instant, deadline:
     assert!(by_server || by_client, "not a deadline: {status:?}");
     assert!(started.elapsed() < deadline + Duration::from_secs(1), "ended {:?} after start", started.elapsed());
 }
+
+/// Every page of a store's catalog for `app_id`, following the page tokens.
+pub async fn list_pages(
+    client: &mut PurchaseServiceClient<Channel>,
+    store: &str,
+    app_id: &str,
+    page_size: i32,
+) -> Vec<Vec<iapd::pb::CatalogItem>> {
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = iapd::pb::ListItemsRequest {
+            store: store.into(),
+            app_id: app_id.into(),
+            page_size,
+            page_token,
+            ..Default::default()
+        };
+        let page = client.list_items(request).await.expect("list_items").into_inner();
+        pages.push(page.items);
+        if page.next_page_token.is_empty() {
+            return pages;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The product ids of every item of a store's catalog, in order.
+pub async fn list_product_ids(
+    client: &mut PurchaseServiceClient<Channel>,
+    store: &str,
+    app_id: &str,
+    page_size: i32,
+) -> Vec<String> {
+    list_pages(client, store, app_id, page_size).await.into_iter().flatten().map(|item| item.product_id).collect()
+}
