@@ -100,16 +100,11 @@ impl ServerApi {
             signed_transaction_info: String,
         }
         let path = format!("/inApps/v1/transactions/{}", path_segment(id));
-        for &sandbox in environments {
-            match self.send(cx, retry, bundle, sandbox, "GET", &path).await? {
-                Answer::Success(response) => {
-                    return Ok(Some(response.json::<TransactionInfo>()?.signed_transaction_info));
-                }
-                Answer::Refused(404, error) if error.error_code == TRANSACTION_ID_NOT_FOUND => {}
-                Answer::Refused(status, error) => return Err(refusal(status, &error, "get transaction info")),
-            }
+        let request = ("GET", path.as_str(), "get transaction info");
+        match self.first_that_knows(cx, retry, bundle, request, environments).await? {
+            Some(response) => Ok(Some(response.json::<TransactionInfo>()?.signed_transaction_info)),
+            None => Ok(None),
         }
-        Ok(None)
     }
 
     /// Finish Transaction for `id` in the first of `environments` that knows it.
@@ -122,15 +117,33 @@ impl ServerApi {
         environments: &[bool],
     ) -> Result<(), PluginError> {
         let path = format!("/inApps/v1/transactions/{}/finish", path_segment(id));
+        let request = ("POST", path.as_str(), "finish transaction");
+        match self.first_that_knows(cx, retry, bundle, request, environments).await? {
+            Some(_) => Ok(()),
+            None => Err(PluginError::not_found(format!("the app store does not know transaction {id}"))
+                .with_reason(TRANSACTION_ID_NOT_FOUND.to_string())),
+        }
+    }
+
+    /// Sends `(method, path, what)` to each of `environments` in turn until
+    /// one knows the transaction; `None` if each answers
+    /// `TRANSACTION_ID_NOT_FOUND`. Any other refusal is an error about `what`.
+    async fn first_that_knows(
+        &self,
+        cx: &Ctx,
+        retry: &Retry,
+        bundle: &str,
+        (method, path, what): (&str, &str, &str),
+        environments: &[bool],
+    ) -> Result<Option<HttpResponse>, PluginError> {
         for &sandbox in environments {
-            match self.send(cx, retry, bundle, sandbox, "POST", &path).await? {
-                Answer::Success(_) => return Ok(()),
+            match self.send(cx, retry, bundle, sandbox, method, path).await? {
+                Answer::Success(response) => return Ok(Some(response)),
                 Answer::Refused(404, error) if error.error_code == TRANSACTION_ID_NOT_FOUND => {}
-                Answer::Refused(status, error) => return Err(refusal(status, &error, "finish transaction")),
+                Answer::Refused(status, error) => return Err(refusal(status, &error, what)),
             }
         }
-        Err(PluginError::not_found(format!("the app store does not know transaction {id}"))
-            .with_reason(TRANSACTION_ID_NOT_FOUND.to_string()))
+        Ok(None)
     }
 
     async fn send(
