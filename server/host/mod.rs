@@ -333,9 +333,9 @@ impl StorePlugin {
         error.message = self.context.redact(&error.message);
         Err(CallError::Failed { status: completion.status, error: Box::new(error) })
     }
-}
 
-impl StorePlugin {
+    /// Counts an inline call over its budget; the `INLINE_STRIKES`th within
+    /// the window moves the store to its plugin threads.
     fn check_inline_budget(&self, method: &str, took: Duration) {
         if took <= INLINE_CALL_BUDGET {
             return;
