@@ -20,6 +20,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     let api_descriptors = protox::compile([api], [proto_root])?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(api_descriptors)?;
+    // The API's own codec maps a request that does not decode to
+    // INVALID_ARGUMENT (server/codec.rs).
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .codec_path("crate::codec::ApiCodec")
+        .compile_fds(api_descriptors)?;
     Ok(())
 }

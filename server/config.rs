@@ -53,17 +53,32 @@ struct RawServer {
     max_timeout_ms: u64,
     max_message_bytes: usize,
     shutdown_grace_ms: u64,
+    max_connections: usize,
+    max_streams_per_connection: u32,
+    max_pending_resets: usize,
+    idle_timeout_ms: u64,
+    keepalive_interval_ms: u64,
+    keepalive_timeout_ms: u64,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            max_concurrent_requests: 4096,
+            // Above each store's own limit (`max_in_flight`), so that one slow
+            // store fills its own bulkhead and leaves room for the others.
+            max_concurrent_requests: 8192,
             default_timeout_ms: 30_000,
             max_timeout_ms: 120_000,
             max_message_bytes: 2 * 1024 * 1024,
             shutdown_grace_ms: 30_000,
+            max_connections: 10_000,
+            // A connection's share: well under max_concurrent_requests.
+            max_streams_per_connection: 128,
+            max_pending_resets: 4096,
+            idle_timeout_ms: 300_000,
+            keepalive_interval_ms: 60_000,
+            keepalive_timeout_ms: 20_000,
         }
     }
 }
@@ -95,7 +110,7 @@ struct RawStore {
 }
 
 fn default_max_in_flight() -> usize {
-    10_000
+    2048
 }
 
 fn default_http_timeout_ms() -> u64 {
@@ -133,10 +148,31 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// How long shutdown waits for calls in flight.
     pub shutdown_grace: Duration,
+    /// What each connection may hold.
+    pub connections: ConnectionLimits,
     /// The folder plugins load from.
     pub plugins_dir: PathBuf,
     /// The stores, by id.
     pub stores: BTreeMap<String, StoreConfig>,
+}
+
+/// The limits on connections, from `server.*`.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Connections open at once; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// Streams a client may reset before the server has taken them, on one
+    /// connection, before the connection is closed (HTTP/2 rapid-reset
+    /// protection).
+    pub max_pending_resets: usize,
+    /// A connection without a call for this long is closed (GOAWAY).
+    pub idle_timeout: Duration,
+    /// How often an HTTP/2 PING checks that the peer is still there.
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
 }
 
 /// One configured store.
@@ -255,6 +291,17 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&server.max_message_bytes) {
             return Err(ConfigError::new("server.max_message_bytes", "must be between 1 KiB and 64 MiB"));
         }
+        let at_least_one = [
+            ("server.max_connections", server.max_connections as u64),
+            ("server.max_streams_per_connection", u64::from(server.max_streams_per_connection)),
+            ("server.max_pending_resets", server.max_pending_resets as u64),
+            ("server.idle_timeout_ms", server.idle_timeout_ms),
+            ("server.keepalive_interval_ms", server.keepalive_interval_ms),
+            ("server.keepalive_timeout_ms", server.keepalive_timeout_ms),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::new(*key, "must be at least 1"));
+        }
         let plugins_dir = match raw.plugins.dir {
             Some(dir) => dir,
             None => default_plugins_dir().map_err(|reason| ConfigError::new("plugins.dir", reason))?,
@@ -280,6 +327,14 @@ impl Config {
             max_timeout: Duration::from_millis(server.max_timeout_ms),
             max_message_bytes: server.max_message_bytes,
             shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
+            connections: ConnectionLimits {
+                max_connections: server.max_connections,
+                max_streams_per_connection: server.max_streams_per_connection,
+                max_pending_resets: server.max_pending_resets,
+                idle_timeout: Duration::from_millis(server.idle_timeout_ms),
+                keepalive_interval: Duration::from_millis(server.keepalive_interval_ms),
+                keepalive_timeout: Duration::from_millis(server.keepalive_timeout_ms),
+            },
             plugins_dir,
             stores,
         })

@@ -45,6 +45,36 @@ pub enum ApiError {
         /// What happened.
         error: CallError,
     },
+    /// The request's bytes are not a valid message: truncated, malformed
+    /// protobuf, or a string field that is not UTF-8.
+    MalformedRequest {
+        /// The field's path, when the decoder knows it.
+        field: Option<String>,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// The request is over `server.max_message_bytes`.
+    MessageTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request body stopped before its end (the client reset the call).
+    RequestIncomplete,
+    /// No such method.
+    UnknownMethod {
+        /// The path asked for (bounded).
+        path: String,
+    },
+    /// The server has `server.max_concurrent_requests` calls in flight.
+    ServerOverloaded {
+        /// The limit.
+        limit: usize,
+    },
+    /// The call's deadline passed before it was answered, for example while
+    /// its request was still arriving.
+    CallDeadlineExceeded,
+    /// The shutdown grace ended while the call was running.
+    ShuttingDown,
     /// The plugin answered with something that does not decode.
     MalformedAnswer {
         /// The store id.
@@ -90,6 +120,74 @@ impl From<ApiError> for Status {
                 Status::with_error_details(
                     Code::Unimplemented,
                     format!("store `{store}` does not support {operation} (see ListStores for its capabilities)"),
+                    details,
+                )
+            }
+            ApiError::MalformedRequest { field, detail } => {
+                let mut details = match &field {
+                    Some(field) => ErrorDetails::with_bad_request_violation(field, &detail),
+                    None => ErrorDetails::new(),
+                };
+                let metadata: HashMap<String, String> =
+                    field.iter().map(|field| ("field".to_owned(), field.clone())).collect();
+                details.set_error_info("MALFORMED_REQUEST", DOMAIN, metadata);
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("the request does not decode: {detail}"),
+                    details,
+                )
+            }
+            ApiError::MessageTooLarge { limit } => {
+                let details = ErrorDetails::with_error_info(
+                    "MESSAGE_TOO_LARGE",
+                    DOMAIN,
+                    HashMap::from([("limit_bytes".to_owned(), limit.to_string())]),
+                );
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("the request is over {limit} bytes, the limit (server.max_message_bytes)"),
+                    details,
+                )
+            }
+            ApiError::RequestIncomplete => {
+                let details = ErrorDetails::with_error_info("REQUEST_INCOMPLETE", DOMAIN, HashMap::new());
+                Status::with_error_details(Code::Cancelled, "the request ended before its message did", details)
+            }
+            ApiError::UnknownMethod { path } => {
+                let details = ErrorDetails::with_error_info(
+                    "UNKNOWN_METHOD",
+                    DOMAIN,
+                    HashMap::from([("path".to_owned(), path.clone())]),
+                );
+                Status::with_error_details(Code::Unimplemented, format!("no method `{path}` is served here"), details)
+            }
+            ApiError::ServerOverloaded { limit } => {
+                let mut details = ErrorDetails::with_error_info(
+                    "SERVER_OVERLOADED",
+                    DOMAIN,
+                    HashMap::from([("limit".to_owned(), limit.to_string())]),
+                );
+                details.set_retry_info(Some(Duration::from_secs(1)));
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!("the server has {limit} calls in flight, its limit (server.max_concurrent_requests)"),
+                    details,
+                )
+            }
+            ApiError::CallDeadlineExceeded => {
+                let details = ErrorDetails::with_error_info("DEADLINE_EXCEEDED", DOMAIN, HashMap::new());
+                Status::with_error_details(
+                    Code::DeadlineExceeded,
+                    "the call was not answered before its deadline",
+                    details,
+                )
+            }
+            ApiError::ShuttingDown => {
+                let mut details = ErrorDetails::with_error_info("SHUTTING_DOWN", DOMAIN, HashMap::new());
+                details.set_retry_info(None);
+                Status::with_error_details(
+                    Code::Unavailable,
+                    "the server is shutting down and its grace period ended before this call did; retry elsewhere",
                     details,
                 )
             }

@@ -4,12 +4,14 @@
 //! ABI of `sdk-plugin`. Start reading at [`serve`]; the code map is in
 //! ARCHITECTURE.md.
 
+mod codec;
 pub mod config;
 mod convert;
 pub mod error;
 pub mod host;
 mod layers;
 mod service;
+mod transport;
 mod validate;
 
 use std::future::Future;
@@ -42,13 +44,13 @@ pub async fn serve(
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The gRPC transport failed.
-    #[error("grpc transport failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
     /// Reflection could not be built from the descriptor set.
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     /// The listener's address could not be read.
     #[error("cannot read the listener's address: {0}")]
     Listener(#[from] std::io::Error),
+    /// The API's descriptor set does not decode (a build defect).
+    #[error("cannot read the api's descriptor set: {0}")]
+    Descriptors(#[from] prost::DecodeError),
 }

@@ -78,9 +78,11 @@ fn serve(config: Config, listen: Option<std::net::SocketAddr>) -> anyhow::Result
             shutdown_signal().await;
             let _ = stopping_tx.send(());
         };
+        // A backstop: the server answers the calls still running when the
+        // grace ends and closes its connections; this exits if that hangs.
         let drained_or_grace = async move {
             if stopping_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
+                tokio::time::sleep(grace + std::time::Duration::from_secs(5)).await;
             } else {
                 std::future::pending::<()>().await;
             }
@@ -88,7 +90,7 @@ fn serve(config: Config, listen: Option<std::net::SocketAddr>) -> anyhow::Result
         tokio::select! {
             served = iapd::serve(listener, config, host, shutdown) => served.context("server failed"),
             () = drained_or_grace => {
-                tracing::warn!("shutdown grace period elapsed with calls still in flight; exiting");
+                tracing::warn!("connections still open well after the shutdown grace; exiting");
                 Ok(())
             }
         }

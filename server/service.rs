@@ -9,27 +9,25 @@ use iapd_sdk_plugin::abi;
 use iapd_sdk_plugin::proto as plugin;
 use prost::Message;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::host::{PluginHost, StorePlugin};
 use crate::pb::purchase_service_server::{PurchaseService, PurchaseServiceServer};
-use crate::{ServeError, convert, layers, pb, validate};
+use crate::{ServeError, convert, layers, pb, transport, validate};
 
 /// The PurchaseService implementation.
 #[derive(Debug, Clone)]
 pub struct PurchaseApi {
     host: Arc<PluginHost>,
     default_timeout: Duration,
-    max_timeout: Duration,
 }
 
 impl PurchaseApi {
     /// A service over started stores.
     pub fn new(host: Arc<PluginHost>, config: &Config) -> Self {
-        PurchaseApi { host, default_timeout: config.default_timeout, max_timeout: config.max_timeout }
+        PurchaseApi { host, default_timeout: config.default_timeout }
     }
 
     fn store(&self, id: &str) -> Result<&Arc<StorePlugin>, ApiError> {
@@ -37,20 +35,13 @@ impl PurchaseApi {
         self.host.store(id).ok_or_else(|| ApiError::UnknownStore { store: id.to_owned(), known: self.host.store_ids() })
     }
 
-    /// The call's deadline: the client's `grpc-timeout`, else the default,
-    /// never more than the maximum. A client deadline is brought forward by a
-    /// margin (a tenth, at most 50 ms) so that the answer, DEADLINE_EXCEEDED,
-    /// reaches the client before its own timer fires; tonic's timers (this
-    /// server's, started before this handler, and a tonic client's) report
-    /// an expiry as CANCELLED.
+    /// The call's deadline, fixed by the call layer when the call started;
+    /// the default from now when the service runs without it.
     fn deadline<T>(&self, request: &Request<T>) -> Instant {
-        let asked =
-            request.metadata().get("grpc-timeout").and_then(|value| value.to_str().ok()).and_then(parse_grpc_timeout);
-        let budget = match asked {
-            Some(asked) => asked.min(self.max_timeout).saturating_sub((asked / 10).min(Duration::from_millis(50))),
-            None => self.default_timeout,
-        };
-        Instant::now() + budget
+        request
+            .extensions()
+            .get::<layers::CallDeadline>()
+            .map_or_else(|| Instant::now() + self.default_timeout, |deadline| deadline.0)
     }
 
     /// Calls a plugin method and decodes its answer.
@@ -73,25 +64,6 @@ impl PurchaseApi {
         Answer::decode(payload.as_slice())
             .map_err(|err| ApiError::MalformedAnswer { store: store.id().to_owned(), detail: err.to_string() })
     }
-}
-
-/// Parses a `grpc-timeout` header value: up to 8 digits and a unit.
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let split = value.len().checked_sub(1)?;
-    let (digits, unit) = value.split_at(split);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
 }
 
 #[tonic::async_trait]
@@ -245,47 +217,58 @@ pub(crate) async fn run(
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
 
-    tracing::info!(%address, stores = ?host.store_ids(), "iapd serving");
+    let routes = tonic::service::Routes::new(api)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .prepare();
     let grace = config.shutdown_grace;
+    let (grace_over_tx, grace_over) = tokio::sync::watch::channel(false);
+    let calls = layers::CallPolicy {
+        default_timeout: config.default_timeout,
+        max_timeout: config.max_timeout,
+        max_message_bytes: config.max_message_bytes,
+        admission: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
+        limit: config.max_concurrent_requests,
+        grace_over,
+        methods: api_methods()?,
+    };
+    let service = layers::service(routes, calls);
+
+    tracing::info!(%address, stores = ?host.store_ids(), "iapd serving");
     let health_on_shutdown = health.clone();
     let shutdown = async move {
         shutdown.await;
         tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: draining calls in flight");
         health_on_shutdown.set_not_serving::<PurchaseServiceServer<PurchaseApi>>().await;
+        // When the grace ends, the call layer answers every call still
+        // running (UNAVAILABLE, SHUTTING_DOWN), so no client is left with a
+        // bare reset.
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let _ = grace_over_tx.send(true);
+        });
     };
-    tonic::transport::Server::builder()
-        .layer(layers::stack(config.max_concurrent_requests))
-        .add_service(api)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+    // Past the grace, the answers above need a moment to be written.
+    transport::serve(listener, service, &config.connections, shutdown, grace + Duration::from_secs(1)).await;
     tracing::info!("iapd stopped");
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_grpc_timeout;
-    use std::time::Duration;
-
-    #[test]
-    fn grpc_timeout_values() {
-        let cases = [
-            ("100m", Some(Duration::from_millis(100))),
-            ("2S", Some(Duration::from_secs(2))),
-            ("1H", Some(Duration::from_secs(3600))),
-            ("5M", Some(Duration::from_secs(300))),
-            ("250u", Some(Duration::from_micros(250))),
-            ("7n", Some(Duration::from_nanos(7))),
-            ("123456789m", None),
-            ("m", None),
-            ("", None),
-            ("10x", None),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(parse_grpc_timeout(input), expected, "grpc-timeout {input:?}");
-        }
-    }
+/// The full paths of the API's methods, from its descriptor set.
+fn api_methods() -> Result<std::collections::HashSet<String>, ServeError> {
+    let descriptors = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET)?;
+    Ok(descriptors
+        .file
+        .iter()
+        .filter(|file| file.package() == "iapd.v1")
+        .flat_map(|file| {
+            file.service.iter().flat_map(move |service| {
+                service
+                    .method
+                    .iter()
+                    .map(move |method| format!("/{}.{}/{}", file.package(), service.name(), method.name()))
+            })
+        })
+        .collect())
 }

@@ -183,6 +183,18 @@ pub struct PluginDescriptor {
     pub cancel: Option<unsafe extern "C" fn(instance: *mut Instance, call_id: u64)>,
 }
 
+/// The fixed start of every descriptor, in every major: what a host may read
+/// before it knows how large the descriptor really is.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub struct DescriptorPrefix {
+    pub magic: u32,
+    pub abi_major: u16,
+    pub abi_minor: u16,
+    pub struct_size: u32,
+}
+
 /// `sizeof(iapd_plugin_descriptor)` in ABI 1.0; a host refuses smaller ones.
 pub const DESCRIPTOR_SIZE_1_0: u32 = 88;
 /// `sizeof(iapd_host_api)` in ABI 1.0.
@@ -193,6 +205,7 @@ const _: () = {
     use std::mem::{align_of, offset_of, size_of};
     assert!(size_of::<Bytes>() == 16 && align_of::<Bytes>() == 8);
     assert!(size_of::<PluginDescriptor>() == DESCRIPTOR_SIZE_1_0 as usize);
+    assert!(size_of::<DescriptorPrefix>() == 12 && offset_of!(DescriptorPrefix, struct_size) == 8);
     assert!(offset_of!(PluginDescriptor, struct_size) == 8);
     assert!(offset_of!(PluginDescriptor, min_host_minor) == 12);
     assert!(offset_of!(PluginDescriptor, flags) == 14);

@@ -15,7 +15,7 @@ use iapd_sdk_plugin::abi::{self, Bytes, BytesSink, Host, HostApi, Instance, Plug
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
 use super::context::HostContext;
-use super::load::{DescriptorInfo, LoadError};
+use super::load::{DescriptorInfo, LoadError, check_descriptor};
 
 /// The longest byte view the host accepts from a plugin; a longer one is
 /// treated as malformed instead of being read.
@@ -48,24 +48,24 @@ pub(crate) fn open(path: &Path) -> Result<(Descriptor, DescriptorInfo), LoadErro
     // SAFETY: the entry symbol takes no arguments and has no side effects.
     let pointer = unsafe { entry() };
     std::mem::forget(library); // never unload (see the module docs)
-    // SAFETY: a non-null pointer from the entry symbol points to a static
-    // descriptor at least as large as its fixed prefix (magic..struct_size),
-    // which every major keeps; the rest is read only once the size is checked.
-    let Some(descriptor) = (unsafe { pointer.as_ref() }) else {
+    if pointer.is_null() {
         return Err(LoadError::Descriptor {
             path: path.to_owned(),
             plugin: String::new(),
             problem: format!("`{}` returned a null descriptor", abi::ENTRY_SYMBOL),
         });
-    };
-    let prefix_ok = descriptor.magic == abi::PLUGIN_MAGIC
-        && descriptor.abi_major == abi::ABI_MAJOR
-        && descriptor.struct_size >= abi::DESCRIPTOR_SIZE_1_0;
+    }
+    // SAFETY: a non-null pointer from the entry symbol points to a static
+    // descriptor that starts with the fixed prefix (magic..struct_size), which
+    // every major keeps. Only those 12 bytes are read, by value (unaligned, in
+    // case the plugin got even that wrong), before the declared size is checked:
+    // a reference to the whole struct would claim 88 bytes that may not exist.
+    let prefix = unsafe { pointer.cast::<abi::DescriptorPrefix>().read_unaligned() };
     let mut info = DescriptorInfo {
-        magic: descriptor.magic,
-        abi_major: descriptor.abi_major,
-        abi_minor: descriptor.abi_minor,
-        struct_size: descriptor.struct_size,
+        magic: prefix.magic,
+        abi_major: prefix.abi_major,
+        abi_minor: prefix.abi_minor,
+        struct_size: prefix.struct_size,
         min_host_minor: 0,
         flags: 0,
         name: None,
@@ -74,23 +74,36 @@ pub(crate) fn open(path: &Path) -> Result<(Descriptor, DescriptorInfo), LoadErro
         capabilities: 0,
         entry_points_present: false,
     };
-    if prefix_ok {
-        info.min_host_minor = descriptor.min_host_minor;
-        info.flags = descriptor.flags;
-        // SAFETY: the strings are static NUL-terminated strings of the library
-        // (or null), per the header.
-        unsafe {
-            info.name = read_str(descriptor.name);
-            info.version = read_str(descriptor.version).unwrap_or_default();
-            info.build_info = read_str(descriptor.build_info).unwrap_or_default();
-        }
-        info.capabilities = descriptor.capabilities;
-        info.entry_points_present = descriptor.describe.is_some()
-            && descriptor.instance_new.is_some()
-            && descriptor.instance_drop.is_some()
-            && descriptor.call.is_some()
-            && descriptor.cancel.is_some();
+    let prefix_ok = prefix.magic == abi::PLUGIN_MAGIC
+        && prefix.abi_major == abi::ABI_MAJOR
+        && prefix.struct_size >= abi::DESCRIPTOR_SIZE_1_0;
+    if !prefix_ok {
+        // Refused for its magic, major or size, in the checks' own order.
+        check_descriptor(path, &info)?;
+        return Err(LoadError::Descriptor {
+            path: path.to_owned(),
+            plugin: String::new(),
+            problem: "descriptor prefix refused".to_owned(),
+        });
     }
+    // SAFETY: the descriptor declares at least the 1.0 size, the size of
+    // `PluginDescriptor`, and is static data of a library never unloaded.
+    let descriptor = unsafe { &*pointer };
+    info.min_host_minor = descriptor.min_host_minor;
+    info.flags = descriptor.flags;
+    // SAFETY: the strings are static NUL-terminated strings of the library
+    // (or null), per the header.
+    unsafe {
+        info.name = read_str(descriptor.name);
+        info.version = read_str(descriptor.version).unwrap_or_default();
+        info.build_info = read_str(descriptor.build_info).unwrap_or_default();
+    }
+    info.capabilities = descriptor.capabilities;
+    info.entry_points_present = descriptor.describe.is_some()
+        && descriptor.instance_new.is_some()
+        && descriptor.instance_drop.is_some()
+        && descriptor.call.is_some()
+        && descriptor.cancel.is_some();
     Ok((Descriptor(descriptor), info))
 }
 

@@ -92,6 +92,9 @@ impl PluginHost {
             // A redirect could leave the store's allowed origins.
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
+            // A small request written in pieces must not wait for the
+            // store's delayed ACK (Nagle): that costs 40 ms a call.
+            .tcp_nodelay(true)
             .build()
             .map_err(|err| StartError(vec![format!("cannot build the http client: {err}")]))?;
         let mut stores = BTreeMap::new();

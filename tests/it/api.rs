@@ -332,7 +332,7 @@ async fn load_beyond_the_limits_is_shed_with_resource_exhausted() {
     // (env, expected ErrorInfo): the server-wide limit sheds in the tower
     // stack; the per-store limit is the store's bulkhead.
     let cases = [
-        (("IAPD_SERVER__MAX_CONCURRENT_REQUESTS", "2"), None),
+        (("IAPD_SERVER__MAX_CONCURRENT_REQUESTS", "2"), Some(("SERVER_OVERLOADED".to_owned(), "iapd".to_owned()))),
         (("IAPD_STORES__SANDBOX__MAX_IN_FLIGHT", "2"), Some(("STORE_OVERLOADED".to_owned(), "iapd".to_owned()))),
     ];
     for (env, expected_info) in cases {
@@ -380,7 +380,8 @@ async fn oversized_messages_are_refused_and_the_server_keeps_serving() {
         store_parameters: Default::default(),
     });
     let status = client.verify(request).await.unwrap_err();
-    assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted), "{status:?}");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(error_info(&status), Some(("MESSAGE_TOO_LARGE".to_owned(), "iapd".to_owned())));
     // Within the message limit, over the receipt field's own bound (1 MiB).
     let mut request = verify("sandbox", "coins_100", "purchased");
     request.proof = Some(pb::PurchaseProof {

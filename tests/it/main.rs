@@ -17,3 +17,4 @@ mod proto_lint; // buf lint on the public API
 mod python_client; // a Python client generated with grpcio-tools
 mod samsung; // the Samsung plugin in the real binary against its emulator, and the README's Samsung walkthrough
 mod support;
+mod transport; // connections and the call contract under hostile clients, over raw HTTP/2

@@ -9,7 +9,7 @@ use iapd::pb::{self, Verdict};
 use iapd_emulators::samsung::Samsung;
 use tonic::Code;
 
-use crate::support::{Sandbox, Server, built_plugin, error_info, list_product_ids, root};
+use crate::support::{Sandbox, Server, built_plugin, error_info, list_product_ids, root, tool};
 
 const PACKAGE: &str = "com.example.galaxy";
 const TICKET: &str = "2bf8fe4fdef1dae29974e5400c106bfced6a650793efa3ce68a79e026481193d";
@@ -181,4 +181,31 @@ fn the_readme_walkthrough_works_against_the_emulator() {
     let stats: serde_json::Value = serde_json::from_str(outputs.last().unwrap()).unwrap();
     assert!(stats["requests"]["receipt"].as_u64().unwrap() >= 4, "{stats}");
     assert_eq!(env.emulator.count("token"), 1);
+}
+
+#[tokio::test]
+async fn both_sides_of_a_verify_send_small_writes_at_once() {
+    // With Nagle's algorithm on either connection, the last small write of a
+    // request or response waits for the peer's delayed ACK: 40 ms a call.
+    // The options are read off the running server's own sockets.
+    let env = start();
+    let mut client = env.server.client().await;
+    let answer = client.verify(verify("coins_100", "sg-purchased", "")).await.unwrap().into_inner();
+    assert_eq!(answer.verdict(), Verdict::Valid);
+    let output = std::process::Command::new(tool("python"))
+        .arg(root().join("tests/fixtures/python/tcp_options.py"))
+        .arg(env.server.pid().to_string())
+        .output()
+        .expect("run python");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let connections: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let port = |address: &serde_json::Value| address[1].as_u64().unwrap();
+    let accepted: Vec<_> =
+        connections.iter().filter(|c| port(&c["local"]) == u64::from(env.server.address.port())).collect();
+    let to_store: Vec<_> =
+        connections.iter().filter(|c| port(&c["peer"]) == u64::from(env.running.address.port())).collect();
+    assert!(!accepted.is_empty() && !to_store.is_empty(), "both connections are open: {connections:?}");
+    for connection in accepted.iter().chain(&to_store) {
+        assert_eq!(connection["nodelay"], true, "TCP_NODELAY: {connection}");
+    }
 }
