@@ -170,14 +170,20 @@ async fn post(
             let message = format!("the app store answered verifyReceipt with http {status}");
             return Err(retry::transient(&response, message).with_reason("UPSTREAM_ERROR"));
         }
-        let parsed: VerifyReceiptResponse = serde_json::from_slice(response.body()).map_err(|_| {
-            PluginError::unexpected_response(
-                status,
-                format!(
-                    "the app store answered verifyReceipt with http {status} and no receipt status; is `receipt_url` right?"
-                ),
-            )
-        })?;
+        // Apple answers every receipt with 200 and a status; any other
+        // answer without one is from somewhere else.
+        let parsed: VerifyReceiptResponse = if (200..300).contains(&status) {
+            response.json()?
+        } else {
+            serde_json::from_slice(response.body()).map_err(|_| {
+                PluginError::unexpected_response(
+                    status,
+                    format!(
+                        "the app store answered verifyReceipt with http {status} and no receipt status; is `receipt_url` right?"
+                    ),
+                )
+            })?
+        };
         if matches!(parsed.status, 21005 | 21009 | 21100..=21199) {
             return Err(PluginError::unavailable(format!(
                 "the app store could not check the receipt now (verifyReceipt status {})",

@@ -400,6 +400,35 @@ fn legacy_receipts_pick_the_latest_transaction_and_fall_back_to_the_sandbox() {
 }
 
 #[test]
+fn malformed_json_from_apple_is_malformed_response() {
+    let setup = setup();
+    let id = || request("remove_ads", proto::proof::Kind::TransactionId("2000000000000002".into()));
+    let receipt = || request("coins_100", proto::proof::Kind::Receipt("ZW11bGF0b3ItcmVjZWlwdC1wcm9kdWN0aW9u".into()));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("transactions.get", 200, "") });
+    let transaction = setup.kit.verify(id()).unwrap_err();
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("verifyReceipt", 200, "") });
+    let verify_receipt = setup.kit.verify(receipt()).unwrap_err();
+    for (what, expected, err) in [
+        ("transactions.get", "TransactionInfo", transaction),
+        ("verifyReceipt", "VerifyReceiptResponse", verify_receipt),
+    ] {
+        assert_eq!(
+            (err.code(), err.reason(), err.http_status()),
+            (Code::Internal, "MALFORMED_RESPONSE", 200),
+            "{what}: {err}"
+        );
+        assert!(err.message().contains(&format!("malformed json: expected {expected}")), "{what}: {err}");
+    }
+    // Not Apple's answer at all (a wrong `receipt_url`) is another matter.
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("verifyReceipt", 404, "") });
+    let err = setup.kit.verify(receipt()).unwrap_err();
+    assert_eq!((err.code(), err.reason(), err.http_status()), (Code::Internal, "UNEXPECTED_RESPONSE", 404), "{err}");
+    // The faults caused them: the same calls succeed now.
+    assert_eq!(setup.kit.verify(id()).unwrap().verdict(), Verdict::Valid);
+    assert_eq!(setup.kit.verify(receipt()).unwrap().verdict(), Verdict::Valid);
+}
+
+#[test]
 fn a_wrong_shared_secret_is_a_configuration_error() {
     let emulator = Arc::new(Emulator::with_default_state());
     let kit = kit::builder()

@@ -246,11 +246,10 @@ impl CafeBazaar {
     fn verdict(&self, product: &str, response: &HttpResponse) -> Result<proto::VerifyResponse, PluginError> {
         let bazaar: Validation = response.json()?;
         let malformed = |field: &str, value: i64| {
-            PluginError::internal(format!(
-                "cafe bazaar answered validate with {field} {value}, which iapd does not know"
-            ))
-            .with_reason("MALFORMED_RESPONSE")
-            .with_http_status(response.status())
+            PluginError::malformed_response(
+                response.status(),
+                format!("cafe bazaar answered validate with {field} {value}, which iapd does not know"),
+            )
         };
         // Bazaar's inversion: 0 is consumed, 1 is not.
         let consumption = match bazaar.consumption_state {

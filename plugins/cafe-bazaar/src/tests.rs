@@ -246,9 +246,34 @@ fn faults_are_retried_and_counted_at_the_store() {
     let before = setup.kit.now_unix_millis();
     verify(&setup, "coins_100", "bz-purchased").unwrap();
     assert_eq!(setup.kit.now_unix_millis() - before, 1_000, "Retry-After honoured");
+}
 
+#[test]
+fn malformed_json_from_bazaar_is_malformed_response() {
+    let setup = oauth();
+    // Verify's and Consume's read of validate, and the token endpoint.
     setup.emulator.inject(Fault { malformed: true, ..Fault::answering("validate", 200, "") });
-    assert_eq!(verify(&setup, "coins_100", "bz-purchased").unwrap_err().code(), Code::Internal);
+    let verify_err = verify(&setup, "coins_100", "bz-purchased").unwrap_err();
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("validate", 200, "") });
+    let consume_err = consume(&setup, "coins_100", "bz-purchased").unwrap_err();
+    let fresh = oauth();
+    fresh.emulator.inject(Fault { malformed: true, ..Fault::answering("token", 200, "") });
+    let token_err = verify(&fresh, "coins_100", "bz-purchased").unwrap_err();
+    for (what, err, expected) in [
+        ("validate", verify_err, "Validation"),
+        ("consume", consume_err, "Validation"),
+        ("token", token_err, "TokenResponse"),
+    ] {
+        assert_eq!(
+            (err.code(), err.reason(), err.http_status()),
+            (Code::Internal, "MALFORMED_RESPONSE", 200),
+            "{what}: {err}"
+        );
+        assert!(err.message().contains(&format!("malformed json: expected {expected}")), "{what}: {err}");
+    }
+    assert_eq!(fresh.emulator.count("validate"), 0, "no validate without a token");
+    // The faults caused it: the same calls succeed now.
+    assert!(!consume(&setup, "coins_100", "bz-purchased").unwrap());
 }
 
 #[test]

@@ -316,10 +316,28 @@ fn retry_after_is_honoured_or_handed_to_the_caller() {
 #[test]
 fn malformed_and_foreign_answers_are_internal_errors() {
     let setup = setup();
+    // Malformed JSON from every API the store parses: the purchase (for
+    // Verify, and the read before a Consume), the catalog, the token endpoint.
+    let mut errors = Vec::new();
     setup.emulator.inject(Fault { malformed: true, ..Fault::answering("products.get", 200, "") });
-    let err = verify(&setup, "coins_100", "gp-purchased").unwrap_err();
-    assert_eq!((err.code(), err.http_status()), (Code::Internal, 200), "{err}");
-    assert!(err.message().contains("malformed json"), "{err}");
+    errors.push(("products.get", "ProductPurchase", verify(&setup, "coins_100", "gp-purchased").unwrap_err()));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("products.get", 200, "") });
+    errors.push(("consume's read", "ProductPurchase", consume(&setup, "coins_100", "gp-purchased").unwrap_err()));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("oneTimeProducts.list", 200, "") });
+    let listed =
+        setup.kit.list_items(proto::ListItemsRequest { app_id: PACKAGE.into(), ..Default::default() }).unwrap_err();
+    errors.push(("oneTimeProducts.list", "CatalogListing", listed));
+    let fresh = self::setup();
+    fresh.emulator.inject(Fault { malformed: true, ..Fault::answering("token", 200, "") });
+    errors.push(("token", "TokenResponse", verify(&fresh, "coins_100", "gp-purchased").unwrap_err()));
+    for (what, expected, err) in errors {
+        assert_eq!(
+            (err.code(), err.reason(), err.http_status()),
+            (Code::Internal, "MALFORMED_RESPONSE", 200),
+            "{what}: {err}"
+        );
+        assert!(err.message().contains(&format!("malformed json: expected {expected}")), "{what}: {err}");
+    }
 
     // A 404 that is not Google's envelope (a wrong api_root) is no verdict.
     let mut config = config();

@@ -96,9 +96,10 @@ struct Receipt {
 
 /// The error for a value iapd does not know: it decides nothing on a guess.
 fn malformed(response: &HttpResponse, what: &str, detail: String) -> PluginError {
-    PluginError::internal(format!("samsung answered the {what} with {detail}, which iapd does not know"))
-        .with_reason("MALFORMED_RESPONSE")
-        .with_http_status(response.status())
+    PluginError::malformed_response(
+        response.status(),
+        format!("samsung answered the {what} with {detail}, which iapd does not know"),
+    )
 }
 
 /// An answer with a `status`: JSON of Samsung's shape. Clients see `fail`
@@ -110,7 +111,7 @@ fn parse<T: serde::de::DeserializeOwned + HasStatus>(
     config_key: &str,
 ) -> Result<T, PluginError> {
     let success = (200..300).contains(&response.status());
-    match serde_json::from_slice::<T>(response.body()) {
+    match response.json::<T>() {
         Ok(answer) if answer.has_status() => Ok(answer),
         _ if !success => Err(PluginError::unexpected_response(
             response.status(),
@@ -120,7 +121,7 @@ fn parse<T: serde::de::DeserializeOwned + HasStatus>(
             ),
         )),
         Ok(_) => Err(malformed(response, what, "no `status`".to_owned())),
-        Err(err) => Err(malformed(response, what, format!("a body of another shape ({err})"))),
+        Err(err) => Err(err),
     }
 }
 

@@ -276,6 +276,37 @@ fn values_iapd_does_not_know_fail_closed() {
 }
 
 #[test]
+fn malformed_json_from_every_samsung_api_is_malformed_response() {
+    let setup = setup();
+    let mut errors = Vec::new();
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("receipt", 200, "") });
+    errors.push(("receipt", "Receipt", verify(&setup, "coins_100", "sg-purchased").unwrap_err()));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("tizen.verify", 200, "") });
+    let tizen = verify_ticket(&setup, "000000000072", ticket(TICKET, &TICKET_PARAMS)).unwrap_err();
+    errors.push(("tizen.verify", "TizenAnswer", tizen));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("token", 200, "") });
+    errors.push(("token", "Created", consume(&setup, "coins_100", purchase_id("sg-purchased")).unwrap_err()));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("purchases.update", 200, "") });
+    errors.push((
+        "purchases.update",
+        "PurchaseUpdate",
+        consume(&setup, "coins_100", purchase_id("sg-purchased")).unwrap_err(),
+    ));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("items.list", 200, "") });
+    let listed =
+        setup.kit.list_items(proto::ListItemsRequest { app_id: PACKAGE.into(), ..Default::default() }).unwrap_err();
+    errors.push(("items.list", "ItemPage", listed));
+    for (what, expected, err) in errors {
+        assert_eq!(
+            (err.code(), err.reason(), err.http_status()),
+            (Code::Internal, "MALFORMED_RESPONSE", 200),
+            "{what}: {err}"
+        );
+        assert!(err.message().contains(&format!("malformed json: expected {expected}")), "{what}: {err}");
+    }
+}
+
+#[test]
 fn test_purchases_are_refused_unless_allowed() {
     let setup = setup();
     let answer = verify(&setup, "coins_100", "sg-test").unwrap();
