@@ -111,7 +111,8 @@ fn a_signed_transaction_is_verified_offline() {
     assert_eq!(purchase.environment(), Environment::Production);
     assert_eq!(purchase.consumption_state(), ConsumptionState::NotApplicable);
     assert_eq!(purchase.purchase_time_unix_millis, 1_767_225_600_000);
-    assert_eq!(purchase.region_code, "USA");
+    assert_eq!(purchase.region_code, "US", "apple's storefront USA, as alpha-2");
+    assert!(purchase.raw_store_response.contains("\"storefront\":\"USA\""), "{}", purchase.raw_store_response);
     assert_eq!(purchase.account_binding, ACCOUNT);
     assert!(purchase.raw_store_response.contains("\"signedDate\""));
     assert!(setup.kit.requests().is_empty(), "offline: nothing is sent");

@@ -142,7 +142,7 @@ impl Store for Samsung {
                 let url =
                     format!("{}/iap/v6/receipt?purchaseID={}", root(&self.config.receipt_root), segment(purchase_id));
                 let response = self.get(cx, "receipt", &url).await?;
-                receipt::galaxy_verdict(&response, &request, self.config.allow_test_purchases)
+                receipt::galaxy_verdict(cx, &response, &request, self.config.allow_test_purchases)
             }
             Some(ticket) => {
                 let url = format!("{}?{}", self.config.tizen_verify_url, ticket.query(purchase_id));

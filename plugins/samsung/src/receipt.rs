@@ -8,6 +8,7 @@ use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::proto::{
     self, AcknowledgementState, ConsumptionState, Environment, ProductKind, PurchaseState, Verdict,
 };
+use iapd_sdk_plugin::region;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -143,6 +144,7 @@ impl HasStatus for TizenAnswer {
 
 /// The verdict of a Galaxy Store receipt.
 pub(crate) fn galaxy_verdict(
+    cx: &Ctx,
     response: &HttpResponse,
     request: &proto::VerifyRequest,
     allow_test_purchases: bool,
@@ -216,7 +218,8 @@ pub(crate) fn galaxy_verdict(
         kind: kind.into(),
         environment: environment.into(),
         developer_payload: receipt.pass_through_param,
-        region_code: receipt.country_code,
+        // Samsung sends alpha-3 (`USA`); the raw answer keeps it.
+        region_code: region::region_code(cx, "samsung", &receipt.country_code),
         account_binding: receipt.obfuscated_account_id,
         raw_store_response: String::from_utf8_lossy(response.body()).into_owned(),
     };

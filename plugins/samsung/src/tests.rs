@@ -155,7 +155,7 @@ fn every_receipt_field_is_mapped() {
         time: 1_767_225_600_000,
         order: "S20260101US00000001",
         payment: "TPMTID20260101US0000001",
-        region: "USA",
+        region: "US",
         payload: "",
         binding: "",
     };
@@ -178,7 +178,7 @@ fn every_receipt_field_is_mapped() {
             time: 1_767_225_599_000,
             order: "S20260101KR00000003",
             payment: "TPMTID20260101KR0000003",
-            region: "KOR",
+            region: "KR",
             ..base
         },
         Row {
@@ -255,6 +255,29 @@ fn every_receipt_field_is_mapped() {
     );
     assert_eq!(setup.kit.requests()[0].url(), format!("{ORIGIN}/iap/v6/receipt?purchaseID=sg-purchased"));
     assert_eq!(setup.kit.requests()[0].header_value("authorization"), None, "the receipt api takes no auth");
+}
+
+#[test]
+fn the_region_is_alpha_2_and_the_raw_answer_keeps_samsungs_code() {
+    let setup = setup();
+    setup.emulator.add_receipt(receipt_with("sg-alpha2", json!({"countryCode": "DE"})));
+    setup.emulator.add_receipt(receipt_with("sg-unknown-region", json!({"countryCode": "ZZZ"})));
+    for (id, samsung, region) in
+        [("sg-purchased", "USA", "US"), ("sg-alpha2", "DE", "DE"), ("sg-unknown-region", "ZZZ", "")]
+    {
+        let answer = verify(&setup, "coins_100", id).unwrap();
+        assert_eq!(answer.verdict(), Verdict::Valid, "{id}: an unknown region never fails the verify");
+        let purchase = answer.purchase.unwrap();
+        assert_eq!(purchase.region_code, region, "{id}");
+        let raw: serde_json::Value = serde_json::from_str(&purchase.raw_store_response).unwrap();
+        assert_eq!(raw["countryCode"], samsung, "{id}: the raw answer keeps samsung's code");
+    }
+    let korea = verify(&setup, "remove_ads", "sg-remove-ads").unwrap().purchase.unwrap();
+    assert_eq!(korea.region_code, "KR");
+    let logged = setup.kit.logs().into_iter().any(|(level, message)| {
+        level == iapd_sdk_plugin::log::Level::Debug as u32 && message.contains("\"ZZZ\", not an iso 3166-1 code")
+    });
+    assert!(logged, "the unknown code is logged at debug: {:?}", setup.kit.logs());
 }
 
 #[test]
