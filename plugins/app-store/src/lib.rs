@@ -10,6 +10,8 @@
 //!   offline verification.
 //! - `receipt`: the legacy `verifyReceipt` ([`receipt`]), production first,
 //!   the sandbox on status 21007.
+//! - Concurrent identical lookups (a transaction id, a receipt) share one
+//!   request to Apple; a signed transaction needs none.
 //!
 //! Then the same policy for all ([`Policy`]): the bundle id must be the
 //! request's app and one the config lists, the environment one the config
@@ -33,6 +35,7 @@ use iapd_sdk_plugin::proto::{
     self, AcknowledgementState, ConsumptionState, Environment, ProductKind, PurchaseState, Verdict,
 };
 use iapd_sdk_plugin::retry::Retry;
+use iapd_sdk_plugin::sync::SingleFlight;
 use iapd_sdk_plugin::{Secret, checks, region};
 use serde::Deserialize;
 
@@ -46,6 +49,8 @@ pub struct AppStore {
     verifier: Verifier,
     api: Option<ServerApi>,
     shared_secret: Option<Secret>,
+    /// One `verifyReceipt` lookup per receipt at a time.
+    receipts: SingleFlight<String, receipt::Lookup>,
 }
 
 /// `[stores.<id>.config]`.
@@ -192,7 +197,7 @@ impl Store for AppStore {
         };
         // Optional: only auto-renewable subscriptions need it in verifyReceipt.
         let shared_secret = init.secret("shared_secret").ok();
-        Ok(AppStore { config, verifier, api, shared_secret })
+        Ok(AppStore { config, verifier, api, shared_secret, receipts: SingleFlight::new() })
     }
 
     async fn verify(&self, cx: &Ctx, request: proto::VerifyRequest) -> Result<proto::VerifyResponse, PluginError> {

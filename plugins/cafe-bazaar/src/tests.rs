@@ -277,6 +277,41 @@ fn malformed_json_from_bazaar_is_malformed_response() {
 }
 
 #[test]
+fn concurrent_identical_verifies_share_one_validate() {
+    for setup in [oauth(), pishkhan()] {
+        // The first validate answers slowly: all twenty calls overlap it.
+        setup.emulator.inject(Fault { operation: Some("validate".into()), delay_ms: 2_000, ..Fault::default() });
+        let request = proto::VerifyRequest {
+            app_id: PACKAGE.into(),
+            product_id: "coins_100".into(),
+            proof: proof("bz-purchased"),
+            user_id: String::new(),
+        };
+        let started = setup.kit.now_unix_millis();
+        let answers = setup.kit.verify_concurrently(&vec![request; 20]);
+        assert_eq!(answers.len(), 20);
+        for answer in answers {
+            assert_eq!(answer.unwrap().verdict(), Verdict::Valid);
+        }
+        assert_eq!(setup.emulator.count("validate"), 1, "20 identical Verifies, 1 request to bazaar's daily quota");
+        assert!(setup.kit.now_unix_millis() - started >= 2_000, "all waited for the one slow answer");
+
+        // Another token is another lookup; once answered, nothing is cached.
+        let other = proto::VerifyRequest {
+            app_id: PACKAGE.into(),
+            product_id: "remove_ads".into(),
+            proof: proof("bz-remove-ads"),
+            user_id: String::new(),
+        };
+        let answers = setup.kit.verify_concurrently(&[other.clone(), other]);
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert_eq!(setup.emulator.count("validate"), 2);
+        verify(&setup, "coins_100", "bz-purchased").unwrap();
+        assert_eq!(setup.emulator.count("validate"), 3);
+    }
+}
+
+#[test]
 fn timeouts_are_retried() {
     let emulator = Arc::new(Emulator::with_default_state());
     let kit = kit::builder()

@@ -469,7 +469,7 @@ fn a_401_refreshes_the_token_only_when_google_refused_the_token() {
             let is_get = request.url().contains("/tokens/") && request.method() == "GET";
             if is_get && !bare_401_sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 let body = json!({"error": {"code": 401, "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}});
-                return HttpResponse::new(401, body.to_string());
+                return kit::Answer::from(HttpResponse::new(401, body.to_string()));
             }
             answers(request)
         })
@@ -485,6 +485,22 @@ fn a_401_refreshes_the_token_only_when_google_refused_the_token() {
         .unwrap();
     assert_eq!(answer.verdict(), Verdict::Valid);
     assert_eq!(emulator.count("token"), 2, "refreshed once after the bare 401");
+}
+
+#[test]
+fn concurrent_identical_verifies_share_one_request() {
+    let setup = setup();
+    setup.emulator.inject(Fault { operation: Some("products.get".into()), delay_ms: 2_000, ..Fault::default() });
+    let request = proto::VerifyRequest {
+        app_id: PACKAGE.into(),
+        product_id: "coins_100".into(),
+        proof: proof("gp-purchased"),
+        user_id: String::new(),
+    };
+    for answer in setup.kit.verify_concurrently(&vec![request; 20]) {
+        assert_eq!(answer.unwrap().verdict(), Verdict::Valid);
+    }
+    assert_eq!((setup.emulator.count("products.get"), setup.emulator.count("token")), (1, 1));
 }
 
 #[test]

@@ -281,6 +281,54 @@ fn the_region_is_alpha_2_and_the_raw_answer_keeps_samsungs_code() {
 }
 
 #[test]
+fn concurrent_identical_verifies_share_one_request_and_each_caller_is_judged_alone() {
+    let setup = setup();
+    // Galaxy Store receipts: the first receipt answers slowly, so all twenty
+    // calls overlap it. The purchase is bound to user-42: the callers who
+    // say another user get USER_MISMATCH from the same one answer.
+    setup.emulator.inject(Fault { operation: Some("receipt".into()), delay_ms: 2_000, ..Fault::default() });
+    let requests: Vec<proto::VerifyRequest> = (0..20)
+        .map(|caller| proto::VerifyRequest {
+            app_id: PACKAGE.into(),
+            product_id: "coins_500".into(),
+            proof: purchase_id("sg-bound"),
+            user_id: if caller % 2 == 0 { "user-42".into() } else { "user-7".into() },
+        })
+        .collect();
+    let started = setup.kit.now_unix_millis();
+    let answers = setup.kit.verify_concurrently(&requests);
+    assert_eq!(answers.len(), 20);
+    for (caller, answer) in answers.into_iter().enumerate() {
+        let expected = if caller % 2 == 0 { Verdict::Valid } else { Verdict::UserMismatch };
+        assert_eq!(answer.unwrap().verdict(), expected, "caller {caller}");
+    }
+    assert_eq!(setup.emulator.count("receipt"), 1, "20 identical Verifies, 1 receipt request");
+    assert!(setup.kit.now_unix_millis() - started >= 2_000, "all waited for the one slow answer");
+
+    // Tizen tickets, likewise; another purchase id is another request.
+    setup.emulator.inject(Fault { operation: Some("tizen.verify".into()), delay_ms: 2_000, ..Fault::default() });
+    let ticket_request = proto::VerifyRequest {
+        app_id: ITEM_GROUP.into(),
+        product_id: "000000000072".into(),
+        proof: ticket(TICKET, &TICKET_PARAMS),
+        user_id: String::new(),
+    };
+    let answers = setup.kit.verify_concurrently(&vec![ticket_request; 20]);
+    for answer in answers {
+        assert_eq!(answer.unwrap().verdict(), Verdict::Valid);
+    }
+    assert_eq!(setup.emulator.count("tizen.verify"), 1, "20 identical ticket checks, 1 request");
+    let two = [purchase_id("sg-purchased"), purchase_id("sg-consumed")].map(|proof| proto::VerifyRequest {
+        app_id: PACKAGE.into(),
+        product_id: "coins_100".into(),
+        proof,
+        user_id: String::new(),
+    });
+    assert!(setup.kit.verify_concurrently(&two).iter().all(Result::is_ok));
+    assert_eq!(setup.emulator.count("receipt"), 3, "two purchase ids, two requests");
+}
+
+#[test]
 fn values_iapd_does_not_know_fail_closed() {
     let setup = setup();
     for (id, changes) in [
