@@ -151,6 +151,13 @@ impl PluginError {
         Self::internal(message).with_reason("UNEXPECTED_RESPONSE").with_http_status(status)
     }
 
+    /// INTERNAL `MALFORMED_RESPONSE`: the store answered with HTTP `status`
+    /// in its own shape, but with a body or a value iapd cannot read, so it
+    /// decides nothing on a guess.
+    pub fn malformed_response(status: u16, message: impl Into<String>) -> Self {
+        Self::internal(message).with_reason("MALFORMED_RESPONSE").with_http_status(status)
+    }
+
     /// The store's own reason string; it becomes `ErrorInfo.reason`.
     pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
         self.reason = reason.into();

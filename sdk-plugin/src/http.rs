@@ -130,11 +130,28 @@ impl HttpResponse {
         self.header("retry-after")?.trim().parse::<u64>().ok().map(Duration::from_secs)
     }
 
-    /// The body parsed as JSON.
+    /// The body parsed as JSON of type `T`. A body that is not is INTERNAL
+    /// `MALFORMED_RESPONSE` with the HTTP status, and the message names the
+    /// type expected and where parsing stopped but quotes nothing of the
+    /// body, which can hold tokens.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, PluginError> {
         serde_json::from_slice(&self.0.body).map_err(|err| {
-            PluginError::internal(format!("store answered http {} with malformed json: {err}", self.status()))
-                .with_http_status(self.status())
+            let problem = match err.classify() {
+                serde_json::error::Category::Eof => "the body ends early",
+                serde_json::error::Category::Syntax => "the body is not json",
+                serde_json::error::Category::Data => "the body is json of another shape",
+                serde_json::error::Category::Io => "the body could not be read",
+            };
+            let status = self.status();
+            PluginError::malformed_response(
+                status,
+                format!(
+                    "store answered http {status} with malformed json: expected {}, but {problem} (line {}, column {})",
+                    short_type_name::<T>(),
+                    err.line(),
+                    err.column()
+                ),
+            )
         })
     }
 
@@ -157,6 +174,14 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet =
 /// a purchase token the caller sent).
 pub fn path_segment(value: &str) -> String {
     percent_encoding::utf8_percent_encode(value, PATH_SEGMENT).to_string()
+}
+
+/// `T`'s name without its module path: `TokenResponse`, not
+/// `iapd_plugin_x::auth::fetch::TokenResponse`.
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
 }
 
 fn find_header<'a>(headers: &'a [proto::Header], name: &str) -> Option<&'a str> {
@@ -253,4 +278,35 @@ fn host_error(status: abi::Status, context: &str) -> PluginError {
         _ => ("host error", "HOST_ERROR"),
     };
     PluginError::new(code, format!("{context}: {detail}")).with_reason(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HttpResponse;
+    use crate::Code;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct TokenAnswer {
+        access_token: String,
+        expires_in: u64,
+    }
+
+    #[test]
+    fn a_body_that_is_not_the_json_expected_is_malformed_response_and_never_quoted() {
+        let cases = [
+            (200, r#"{"access_token": "ya29.s3cr3t", "expires_in"#, "the body ends early"),
+            (200, "<html>s3cr3t</html>", "the body is not json"),
+            (201, r#"{"access_token": "ya29.s3cr3t", "expires_in": "s3cr3t"}"#, "json of another shape"),
+        ];
+        for (status, body, problem) in cases {
+            let err = HttpResponse::new(status, body).json::<TokenAnswer>().expect_err(body);
+            assert_eq!((err.code(), err.reason(), err.http_status()), (Code::Internal, "MALFORMED_RESPONSE", status));
+            assert!(err.message().contains("malformed json: expected TokenAnswer"), "{err}");
+            assert!(err.message().contains(problem), "{err}");
+            assert!(!err.message().contains("s3cr3t"), "the body is never quoted: {err}");
+        }
+        let answer: TokenAnswer =
+            HttpResponse::new(200, r#"{"access_token": "t", "expires_in": 60}"#).json().expect("well-formed");
+        assert_eq!((answer.access_token.as_str(), answer.expires_in), ("t", 60));
+    }
 }

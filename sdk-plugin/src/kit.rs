@@ -6,11 +6,12 @@
 //!
 //! See the crate documentation for a complete example.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prost::Message;
 
@@ -19,7 +20,29 @@ use crate::{
     Code, HostServices, HttpCallback, HttpRequest, HttpResponse, PluginError, Store, TimerCallback, abi, proto,
 };
 
-type Handler = dyn Fn(&HttpRequest) -> Result<HttpResponse, Code> + Send + Sync;
+type Handler = dyn Fn(&HttpRequest) -> Result<Answer, Code> + Send + Sync;
+
+/// What the kit's HTTP handler answers: a response, delivered at once or,
+/// like a slow store's, after a delay on the kit's clock. Other calls'
+/// answers and timers due sooner are delivered first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    response: HttpResponse,
+    delay: Duration,
+}
+
+impl Answer {
+    /// `response`, delivered after `delay`.
+    pub fn after(response: HttpResponse, delay: Duration) -> Self {
+        Answer { response, delay }
+    }
+}
+
+impl From<HttpResponse> for Answer {
+    fn from(response: HttpResponse) -> Self {
+        Answer { response, delay: Duration::ZERO }
+    }
+}
 
 /// Builds a [`Kit`].
 pub struct KitBuilder {
@@ -58,18 +81,19 @@ impl KitBuilder {
         self
     }
 
-    /// Answers every HTTP request the store sends.
-    pub fn http(self, handler: impl Fn(&HttpRequest) -> HttpResponse + Send + Sync + 'static) -> Self {
+    /// Answers every HTTP request the store sends, with an [`HttpResponse`]
+    /// or an [`Answer`].
+    pub fn http<A: Into<Answer>>(self, handler: impl Fn(&HttpRequest) -> A + Send + Sync + 'static) -> Self {
         self.http_or_fail(move |request| Ok(handler(request)))
     }
 
     /// Answers every HTTP request, or fails it with a host code (for example
     /// `Code::Unavailable` for an unreachable store).
-    pub fn http_or_fail(
+    pub fn http_or_fail<A: Into<Answer>>(
         mut self,
-        handler: impl Fn(&HttpRequest) -> Result<HttpResponse, Code> + Send + Sync + 'static,
+        handler: impl Fn(&HttpRequest) -> Result<A, Code> + Send + Sync + 'static,
     ) -> Self {
-        self.handler = Arc::new(handler);
+        self.handler = Arc::new(move |request: &HttpRequest| handler(request).map(Into::into));
         self
     }
 
@@ -102,6 +126,7 @@ impl KitBuilder {
             origins,
             now: AtomicI64::new(self.now_unix_millis),
             queue: Mutex::default(),
+            next_seq: AtomicU64::new(0),
             completions: Mutex::default(),
             requests: Mutex::default(),
             logs: Mutex::default(),
@@ -138,7 +163,7 @@ pub fn builder() -> KitBuilder {
         store_id: "test".to_owned(),
         secrets: HashMap::new(),
         extra_origins: Vec::new(),
-        handler: Arc::new(|request: &HttpRequest| {
+        handler: Arc::new(|request: &HttpRequest| -> Result<Answer, Code> {
             panic!("the store sent {} {} but the kit has no http handler", request.method(), request.url())
         }),
         fail_first: (0, Code::Unavailable),
@@ -150,6 +175,17 @@ impl<S: Store> Kit<S> {
     /// Calls Verify.
     pub fn verify(&self, request: proto::VerifyRequest) -> Result<proto::VerifyResponse, PluginError> {
         self.call(abi::method::VERIFY, &request)
+    }
+
+    /// Calls Verify once per request, all at the same time: every call starts
+    /// before any HTTP answer or timer is delivered, as when the requests
+    /// arrive together while the store is still answering. The answers come
+    /// in the requests' order.
+    pub fn verify_concurrently(
+        &self,
+        requests: &[proto::VerifyRequest],
+    ) -> Vec<Result<proto::VerifyResponse, PluginError>> {
+        self.calls(abi::method::VERIFY, requests)
     }
 
     /// Calls Acknowledge.
@@ -193,20 +229,41 @@ impl<S: Store> Kit<S> {
     }
 
     fn call<Req: Message, Resp: Message + Default>(&self, method: &str, request: &Req) -> Result<Resp, PluginError> {
-        let call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
-        self.runtime.start_call(call_id, method, &request.encode_to_vec())?;
+        let mut answers = self.calls(method, std::slice::from_ref(request));
+        answers.pop().expect("one call, one answer")
+    }
+
+    /// Starts a call per request, then delivers what the host was asked for,
+    /// soonest due first, until every call has completed.
+    fn calls<Req: Message, Resp: Message + Default>(
+        &self,
+        method: &str,
+        requests: &[Req],
+    ) -> Vec<Result<Resp, PluginError>> {
+        let mut calls: Vec<(u64, Option<Result<Resp, PluginError>>)> = requests
+            .iter()
+            .map(|request| {
+                let call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
+                let started = self.runtime.start_call(call_id, method, &request.encode_to_vec());
+                (call_id, started.err().map(Err))
+            })
+            .collect();
         loop {
-            if let Some((status, payload)) = lock(&self.host.completions).remove(&call_id) {
-                assert_eq!(self.runtime.calls_in_flight(), 0, "a completed call was not forgotten");
-                return if status == abi::status::OK {
-                    Ok(Resp::decode(payload.as_slice())?)
-                } else {
-                    Err(PluginError::from_proto(status, proto::PluginError::decode(payload.as_slice())?))
-                };
+            for (call_id, answer) in calls.iter_mut().filter(|(_, answer)| answer.is_none()) {
+                if let Some((status, payload)) = lock(&self.host.completions).remove(call_id) {
+                    *answer = Some(decode_answer(status, &payload));
+                }
             }
-            let next = lock(&self.host.queue).pop_front();
-            match next {
-                Some(Pending::Http(done, request)) => {
+            if calls.iter().all(|(_, answer)| answer.is_some()) {
+                assert_eq!(self.runtime.calls_in_flight(), 0, "a completed call was not forgotten");
+                return calls.into_iter().filter_map(|(_, answer)| answer).collect();
+            }
+            let Some((due, pending)) = self.host.next_due() else {
+                panic!("call {method} never completed and waits on nothing the host was asked for");
+            };
+            self.host.now.fetch_max(due, Ordering::SeqCst);
+            match pending {
+                Pending::Http(done, request) => {
                     let failing = self
                         .host
                         .failures_left
@@ -214,23 +271,35 @@ impl<S: Store> Kit<S> {
                         .is_ok();
                     let answer = if failing { Err(self.host.failure) } else { (self.host.handler)(&request) };
                     match answer {
-                        Ok(response) => done(abi::status::OK, &response.into_proto().encode_to_vec()),
+                        Ok(Answer { response, delay }) if delay.is_zero() => {
+                            done(abi::status::OK, &response.into_proto().encode_to_vec())
+                        }
+                        Ok(Answer { response, delay }) => self.host.schedule(delay, Pending::Answer(done, response)),
                         Err(code) => done(code.to_status(), &[]),
                     }
                 }
-                Some(Pending::Timer(done, delay)) => {
-                    self.host.now.fetch_add(i64::try_from(delay).unwrap_or(i64::MAX), Ordering::SeqCst);
-                    done(abi::status::OK)
-                }
-                None => panic!("call {method} never completed and waits on nothing the host was asked for"),
+                Pending::Answer(done, response) => done(abi::status::OK, &response.into_proto().encode_to_vec()),
+                Pending::Timer(done) => done(abi::status::OK),
             }
         }
     }
 }
 
+fn decode_answer<Resp: Message + Default>(status: abi::Status, payload: &[u8]) -> Result<Resp, PluginError> {
+    if status == abi::status::OK {
+        Ok(Resp::decode(payload)?)
+    } else {
+        Err(PluginError::from_proto(status, proto::PluginError::decode(payload)?))
+    }
+}
+
+/// What the host was asked for, due at a time on the kit's clock.
 enum Pending {
+    /// A request sent, for the handler to answer.
     Http(HttpCallback, HttpRequest),
-    Timer(TimerCallback, u64),
+    /// The handler's answer, held back for its delay.
+    Answer(HttpCallback, HttpResponse),
+    Timer(TimerCallback),
 }
 
 struct KitHost {
@@ -241,10 +310,29 @@ struct KitHost {
     secrets: HashMap<String, Vec<u8>>,
     origins: Vec<String>,
     now: AtomicI64,
-    queue: Mutex<VecDeque<Pending>>,
+    /// (due unix millis, order of asking, what): delivered soonest first,
+    /// in the order asked when due together.
+    queue: Mutex<Vec<(i64, u64, Pending)>>,
+    next_seq: AtomicU64,
     completions: Mutex<HashMap<u64, (abi::Status, Vec<u8>)>>,
     requests: Mutex<Vec<HttpRequest>>,
     logs: Mutex<Vec<(u32, String)>>,
+}
+
+impl KitHost {
+    fn schedule(&self, delay: Duration, pending: Pending) {
+        let delay = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        let due = self.now.load(Ordering::SeqCst).saturating_add(delay);
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        lock(&self.queue).push((due, seq, pending));
+    }
+
+    fn next_due(&self) -> Option<(i64, Pending)> {
+        let mut queue = lock(&self.queue);
+        let soonest = queue.iter().enumerate().min_by_key(|(_, (due, seq, _))| (*due, *seq)).map(|(index, _)| index)?;
+        let (due, _, pending) = queue.swap_remove(soonest);
+        Some((due, pending))
+    }
 }
 
 impl HostServices for KitHost {
@@ -277,12 +365,12 @@ impl HostServices for KitHost {
             return abi::status::PERMISSION_DENIED;
         }
         lock(&self.requests).push(request.clone());
-        lock(&self.queue).push_back(Pending::Http(done, request));
+        self.schedule(Duration::ZERO, Pending::Http(done, request));
         abi::status::OK
     }
 
     fn timer_start(&self, _call_id: u64, delay_millis: u64, done: TimerCallback) -> abi::Status {
-        lock(&self.queue).push_back(Pending::Timer(done, delay_millis));
+        self.schedule(Duration::from_millis(delay_millis), Pending::Timer(done));
         abi::status::OK
     }
 
@@ -400,6 +488,29 @@ mod tests {
         }
         // The same builder settings without the panic build fine.
         builder().config_json(r#"{"panic": null}"#).build::<OriginStore>().expect("build");
+    }
+
+    #[test]
+    fn concurrent_calls_all_start_before_any_answer_and_slow_answers_come_last() {
+        let kit = builder()
+            .http(|request: &HttpRequest| {
+                let delay = if request.url().ends_with("/slow") { 2_000 } else { 0 };
+                super::Answer::after(HttpResponse::new(200, ""), Duration::from_millis(delay))
+            })
+            .build::<OriginStore>()
+            .expect("build");
+        let request = |url: &str| proto::VerifyRequest { product_id: url.to_owned(), ..Default::default() };
+        let started = kit.now_unix_millis();
+        let answers = kit.verify_concurrently(&[
+            request("https://store.example/slow"),
+            request("sleep-500"),
+            request("https://store.example/fast"),
+        ]);
+        assert_eq!(answers.len(), 3);
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert_eq!(kit.now_unix_millis() - started, 2_000, "the slow answer came 2 s later on the kit's clock");
+        let urls: Vec<String> = kit.requests().iter().map(|request| request.url().to_owned()).collect();
+        assert_eq!(urls, ["https://store.example/slow", "https://store.example/fast"]);
     }
 
     #[test]

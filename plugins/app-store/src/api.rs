@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::retry::{self, Retry, with_retries};
-use iapd_sdk_plugin::sync::{AccessToken, TokenCache};
+use iapd_sdk_plugin::sync::{AccessToken, SingleFlight, TokenCache};
 use iapd_sdk_plugin::{Secret, path_segment};
 use serde::Deserialize;
 
@@ -49,6 +49,9 @@ pub(crate) struct ServerApi {
     /// Production, then sandbox.
     origins: [String; 2],
     tokens: HashMap<String, TokenCache>,
+    /// One Get Transaction Info per (bundle id, transaction id) at a time;
+    /// the environments asked are the store's, the same for every call.
+    lookups: SingleFlight<(String, String), Result<Option<String>, PluginError>>,
 }
 
 impl std::fmt::Debug for ServerApi {
@@ -80,12 +83,14 @@ impl ServerApi {
             key,
             origins: origins.map(|origin| origin.trim_end_matches('/').to_owned()),
             tokens: bundle_ids.iter().map(|bundle| (bundle.clone(), TokenCache::new())).collect(),
+            lookups: SingleFlight::new(),
         })
     }
 
     /// The signed transaction Apple answers for `id`, asking each of
     /// `environments` (false = production, true = sandbox) in turn; `None`
-    /// if none knows it.
+    /// if none knows it. Concurrent identical calls share one lookup, and
+    /// each judges its own copy.
     pub(crate) async fn transaction_info(
         &self,
         cx: &Ctx,
@@ -101,10 +106,14 @@ impl ServerApi {
         }
         let path = format!("/inApps/v1/transactions/{}", path_segment(id));
         let request = ("GET", path.as_str(), "get transaction info");
-        match self.first_that_knows(cx, retry, bundle, request, environments).await? {
-            Some(response) => Ok(Some(response.json::<TransactionInfo>()?.signed_transaction_info)),
-            None => Ok(None),
-        }
+        self.lookups
+            .run((bundle.to_owned(), id.to_owned()), || async {
+                match self.first_that_knows(cx, retry, bundle, request, environments).await? {
+                    Some(response) => Ok(Some(response.json::<TransactionInfo>()?.signed_transaction_info)),
+                    None => Ok(None),
+                }
+            })
+            .await
     }
 
     /// Finish Transaction for `id` in the first of `environments` that knows it.

@@ -10,6 +10,8 @@
 //!   offline verification.
 //! - `receipt`: the legacy `verifyReceipt` ([`receipt`]), production first,
 //!   the sandbox on status 21007.
+//! - Concurrent identical lookups (a transaction id, a receipt) share one
+//!   request to Apple; a signed transaction needs none.
 //!
 //! Then the same policy for all ([`Policy`]): the bundle id must be the
 //! request's app and one the config lists, the environment one the config
@@ -33,7 +35,8 @@ use iapd_sdk_plugin::proto::{
     self, AcknowledgementState, ConsumptionState, Environment, ProductKind, PurchaseState, Verdict,
 };
 use iapd_sdk_plugin::retry::Retry;
-use iapd_sdk_plugin::{Secret, checks};
+use iapd_sdk_plugin::sync::SingleFlight;
+use iapd_sdk_plugin::{Secret, checks, region};
 use serde::Deserialize;
 
 use crate::api::ServerApi;
@@ -46,6 +49,8 @@ pub struct AppStore {
     verifier: Verifier,
     api: Option<ServerApi>,
     shared_secret: Option<Secret>,
+    /// One `verifyReceipt` lookup per receipt at a time.
+    receipts: SingleFlight<String, receipt::Lookup>,
 }
 
 /// `[stores.<id>.config]`.
@@ -192,12 +197,12 @@ impl Store for AppStore {
         };
         // Optional: only auto-renewable subscriptions need it in verifyReceipt.
         let shared_secret = init.secret("shared_secret").ok();
-        Ok(AppStore { config, verifier, api, shared_secret })
+        Ok(AppStore { config, verifier, api, shared_secret, receipts: SingleFlight::new() })
     }
 
     async fn verify(&self, cx: &Ctx, request: proto::VerifyRequest) -> Result<proto::VerifyResponse, PluginError> {
         checks::allowed_package(&self.config.packages, &request.app_id)?;
-        let policy = Policy { config: &self.config, request: &request, now_millis: cx.now_unix_millis() };
+        let policy = Policy { cx, config: &self.config, request: &request, now_millis: cx.now_unix_millis() };
         match request.proof.as_ref().and_then(|proof| proof.kind.as_ref()) {
             Some(proto::proof::Kind::SignedTransaction(jws)) => Ok(self.judge_signed(&policy, jws)),
             Some(proto::proof::Kind::TransactionId(id)) => {
@@ -314,6 +319,7 @@ impl AppStore {
 
 /// The rules every proof's transaction is judged by.
 pub(crate) struct Policy<'a> {
+    cx: &'a Ctx,
     config: &'a Config,
     request: &'a proto::VerifyRequest,
     now_millis: i64,
@@ -339,7 +345,8 @@ impl Policy<'_> {
             }
             .into(),
             environment: environment(&transaction.environment).into(),
-            region_code: transaction.storefront.clone(),
+            // Apple's storefront is alpha-3 (`USA`); the raw answer keeps it.
+            region_code: region::region_code(self.cx, "the app store", &transaction.storefront),
             account_binding: transaction.app_account_token.clone().unwrap_or_default(),
             raw_store_response: raw,
             ..Default::default()

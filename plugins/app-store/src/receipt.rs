@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use crate::{AppStore, Policy, Transaction, invalid};
 
-#[derive(Debug, Deserialize)]
-struct VerifyReceiptResponse {
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct VerifyReceiptResponse {
     status: i64,
     #[serde(default)]
     environment: String,
@@ -25,7 +25,7 @@ struct VerifyReceiptResponse {
     latest_receipt_info: Vec<InApp>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct Receipt {
     #[serde(default)]
     bundle_id: String,
@@ -61,25 +61,7 @@ pub(crate) async fn verify(
     policy: &Policy<'_>,
     data: &str,
 ) -> Result<proto::VerifyResponse, PluginError> {
-    let environments = store.environments();
-    let mut body = serde_json::json!({ "receipt-data": data, "exclude-old-transactions": false });
-    if let Some(secret) = &store.shared_secret {
-        body["password"] = serde_json::Value::from(secret.expose_str()?);
-    }
-    let body = body.to_string();
-    let mut answer = None;
-    for &sandbox in environments {
-        let url = if sandbox { &store.config.sandbox_receipt_url } else { &store.config.receipt_url };
-        let (response, raw) = post(store, cx, url, &body).await?;
-        match response.status {
-            21007 if !sandbox => continue,
-            _ => {
-                answer = Some((response, raw));
-                break;
-            }
-        }
-    }
-    let Some((response, raw)) = answer else {
+    let Some((response, raw)) = store.receipts.run(data.to_owned(), || lookup(store, cx, data)).await? else {
         return Ok(invalid(
             "a sandbox receipt (status 21007), refused in production (set `allow_sandbox` to accept App Review's purchases)"
                 .to_owned(),
@@ -152,6 +134,30 @@ pub(crate) async fn verify(
     Ok(policy.judge(&transaction, raw))
 }
 
+/// Apple's answer to a receipt and its raw text; `None` when a 21007 is
+/// the last word.
+pub(crate) type Lookup = Result<Option<(VerifyReceiptResponse, String)>, PluginError>;
+
+/// Asks production first, then the sandbox on 21007 when sandbox data is
+/// accepted. Shared by concurrent calls with the same receipt (the body is
+/// the receipt and the store's own secret), each judging its own copy.
+async fn lookup(store: &AppStore, cx: &Ctx, data: &str) -> Lookup {
+    let mut body = serde_json::json!({ "receipt-data": data, "exclude-old-transactions": false });
+    if let Some(secret) = &store.shared_secret {
+        body["password"] = serde_json::Value::from(secret.expose_str()?);
+    }
+    let body = body.to_string();
+    for &sandbox in store.environments() {
+        let url = if sandbox { &store.config.sandbox_receipt_url } else { &store.config.receipt_url };
+        let (response, raw) = post(store, cx, url, &body).await?;
+        if response.status == 21007 && !sandbox {
+            continue;
+        }
+        return Ok(Some((response, raw)));
+    }
+    Ok(None)
+}
+
 /// Posts the receipt, retrying HTTP 5xx and Apple's temporary statuses.
 async fn post(
     store: &AppStore,
@@ -170,14 +176,20 @@ async fn post(
             let message = format!("the app store answered verifyReceipt with http {status}");
             return Err(retry::transient(&response, message).with_reason("UPSTREAM_ERROR"));
         }
-        let parsed: VerifyReceiptResponse = serde_json::from_slice(response.body()).map_err(|_| {
-            PluginError::unexpected_response(
-                status,
-                format!(
-                    "the app store answered verifyReceipt with http {status} and no receipt status; is `receipt_url` right?"
-                ),
-            )
-        })?;
+        // Apple answers every receipt with 200 and a status; any other
+        // answer without one is from somewhere else.
+        let parsed: VerifyReceiptResponse = if (200..300).contains(&status) {
+            response.json()?
+        } else {
+            serde_json::from_slice(response.body()).map_err(|_| {
+                PluginError::unexpected_response(
+                    status,
+                    format!(
+                        "the app store answered verifyReceipt with http {status} and no receipt status; is `receipt_url` right?"
+                    ),
+                )
+            })?
+        };
         if matches!(parsed.status, 21005 | 21009 | 21100..=21199) {
             return Err(PluginError::unavailable(format!(
                 "the app store could not check the receipt now (verifyReceipt status {})",

@@ -111,7 +111,8 @@ fn a_signed_transaction_is_verified_offline() {
     assert_eq!(purchase.environment(), Environment::Production);
     assert_eq!(purchase.consumption_state(), ConsumptionState::NotApplicable);
     assert_eq!(purchase.purchase_time_unix_millis, 1_767_225_600_000);
-    assert_eq!(purchase.region_code, "USA");
+    assert_eq!(purchase.region_code, "US", "apple's storefront USA, as alpha-2");
+    assert!(purchase.raw_store_response.contains("\"storefront\":\"USA\""), "{}", purchase.raw_store_response);
     assert_eq!(purchase.account_binding, ACCOUNT);
     assert!(purchase.raw_store_response.contains("\"signedDate\""));
     assert!(setup.kit.requests().is_empty(), "offline: nothing is sent");
@@ -397,6 +398,87 @@ fn legacy_receipts_pick_the_latest_transaction_and_fall_back_to_the_sandbox() {
     assert_eq!(refused.verdict(), Verdict::Invalid);
     assert!(refused.verdict_reason.contains("21007"), "{}", refused.verdict_reason);
     assert_eq!(production_only.emulator.count("sandbox.verifyReceipt"), 0);
+}
+
+#[test]
+fn malformed_json_from_apple_is_malformed_response() {
+    let setup = setup();
+    let id = || request("remove_ads", proto::proof::Kind::TransactionId("2000000000000002".into()));
+    let receipt = || request("coins_100", proto::proof::Kind::Receipt("ZW11bGF0b3ItcmVjZWlwdC1wcm9kdWN0aW9u".into()));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("transactions.get", 200, "") });
+    let transaction = setup.kit.verify(id()).unwrap_err();
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("verifyReceipt", 200, "") });
+    let verify_receipt = setup.kit.verify(receipt()).unwrap_err();
+    for (what, expected, err) in [
+        ("transactions.get", "TransactionInfo", transaction),
+        ("verifyReceipt", "VerifyReceiptResponse", verify_receipt),
+    ] {
+        assert_eq!(
+            (err.code(), err.reason(), err.http_status()),
+            (Code::Internal, "MALFORMED_RESPONSE", 200),
+            "{what}: {err}"
+        );
+        assert!(err.message().contains(&format!("malformed json: expected {expected}")), "{what}: {err}");
+    }
+    // Not Apple's answer at all (a wrong `receipt_url`) is another matter.
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("verifyReceipt", 404, "") });
+    let err = setup.kit.verify(receipt()).unwrap_err();
+    assert_eq!((err.code(), err.reason(), err.http_status()), (Code::Internal, "UNEXPECTED_RESPONSE", 404), "{err}");
+    // The faults caused them: the same calls succeed now.
+    assert_eq!(setup.kit.verify(id()).unwrap().verdict(), Verdict::Valid);
+    assert_eq!(setup.kit.verify(receipt()).unwrap().verdict(), Verdict::Valid);
+}
+
+#[test]
+fn concurrent_identical_lookups_share_one_request_and_each_caller_is_judged_alone() {
+    let setup = setup_with(|config| config["allow_sandbox"] = json!(true));
+    // Get Transaction Info: the first answers slowly, so all twenty calls
+    // overlap it. The transaction is bound to ACCOUNT: callers who say
+    // another user get USER_MISMATCH from the same one answer.
+    setup.emulator.inject(Fault { operation: Some("transactions.get".into()), delay_ms: 2_000, ..Fault::default() });
+    let other_user = "00000000-0000-4000-8000-000000000000";
+    let requests: Vec<proto::VerifyRequest> = (0..20)
+        .map(|caller| proto::VerifyRequest {
+            user_id: if caller % 2 == 0 { ACCOUNT.into() } else { other_user.into() },
+            ..request("coins_100", proto::proof::Kind::TransactionId("2000000000000001".into()))
+        })
+        .collect();
+    let started = setup.kit.now_unix_millis();
+    for (caller, answer) in setup.kit.verify_concurrently(&requests).into_iter().enumerate() {
+        let expected = if caller % 2 == 0 { Verdict::Valid } else { Verdict::UserMismatch };
+        assert_eq!(answer.unwrap().verdict(), expected, "caller {caller}");
+    }
+    assert_eq!(setup.emulator.count("transactions.get"), 1, "20 identical Verifies, 1 request");
+    assert!(setup.kit.now_unix_millis() - started >= 2_000, "all waited for the one slow answer");
+
+    // A sandbox transaction: one production 4040010, one sandbox answer, for all.
+    let sandbox = request("coins_100", proto::proof::Kind::TransactionId("2000000000000004".into()));
+    for answer in setup.kit.verify_concurrently(&vec![sandbox; 20]) {
+        assert_eq!(answer.unwrap().verdict(), Verdict::Valid);
+    }
+    assert_eq!((setup.emulator.count("transactions.get"), setup.emulator.count("sandbox.transactions.get")), (2, 1));
+
+    // verifyReceipt, likewise; the product is judged per caller.
+    setup.emulator.inject(Fault { operation: Some("verifyReceipt".into()), delay_ms: 2_000, ..Fault::default() });
+    let receipts: Vec<proto::VerifyRequest> = (0..20)
+        .map(|caller| {
+            let product = if caller % 2 == 0 { "coins_100" } else { "vip" };
+            request(product, proto::proof::Kind::Receipt("ZW11bGF0b3ItcmVjZWlwdC1wcm9kdWN0aW9u".into()))
+        })
+        .collect();
+    for (caller, answer) in setup.kit.verify_concurrently(&receipts).into_iter().enumerate() {
+        let expected = if caller % 2 == 0 { Verdict::Valid } else { Verdict::NotFound };
+        assert_eq!(answer.unwrap().verdict(), expected, "caller {caller}");
+    }
+    assert_eq!(setup.emulator.count("verifyReceipt"), 1, "20 identical receipts, 1 verifyReceipt");
+
+    // A signed transaction is verified offline: nothing to share.
+    let jws = setup.emulator.signed_transaction("2000000000000001").unwrap();
+    let before = setup.kit.requests().len();
+    for answer in setup.kit.verify_concurrently(&vec![request("coins_100", signed(jws)); 5]) {
+        assert_eq!(answer.unwrap().verdict(), Verdict::Valid);
+    }
+    assert_eq!(setup.kit.requests().len(), before);
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! - Auth, either scheme Bazaar documents: OAuth (client id, client secret and
 //!   refresh token, the access token cached and refreshed on expiry and once
 //!   after a 401), or the app's Pishkhan API secret header.
+//! - Concurrent identical validates share one request: Bazaar's quota is daily.
 
 #![forbid(unsafe_code)]
 
@@ -23,7 +24,7 @@ use iapd_sdk_plugin::path_segment as segment;
 use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::proto::{self, AcknowledgementState, ConsumptionState, Environment, PurchaseState, Verdict};
 use iapd_sdk_plugin::retry::{self, Retry, with_retries};
-use iapd_sdk_plugin::sync::{AccessToken, TokenCache};
+use iapd_sdk_plugin::sync::{AccessToken, SingleFlight, TokenCache};
 use iapd_sdk_plugin::{Secret, log};
 use serde::Deserialize;
 
@@ -33,6 +34,8 @@ pub struct CafeBazaar {
     credentials: Credentials,
     tokens: TokenCache,
     quota: Mutex<QuotaDay>,
+    /// One validate per (package, product, token) at a time.
+    lookups: SingleFlight<(String, String, String), Result<Answer, PluginError>>,
 }
 
 enum Credentials {
@@ -109,6 +112,7 @@ struct BazaarError {
 }
 
 /// An API answer: success, or Bazaar's considered refusal.
+#[derive(Clone)]
 enum Answer {
     Success(HttpResponse),
     Refused(u16, BazaarError),
@@ -147,7 +151,13 @@ impl Store for CafeBazaar {
             }
             AuthScheme::Pishkhan => Credentials::Pishkhan { api_secret: init.secret("pishkhan_api_secret")? },
         };
-        Ok(CafeBazaar { config, credentials, tokens: TokenCache::new(), quota: Mutex::default() })
+        Ok(CafeBazaar {
+            config,
+            credentials,
+            tokens: TokenCache::new(),
+            quota: Mutex::default(),
+            lookups: SingleFlight::new(),
+        })
     }
 
     async fn verify(&self, cx: &Ctx, request: proto::VerifyRequest) -> Result<proto::VerifyResponse, PluginError> {
@@ -224,6 +234,8 @@ impl CafeBazaar {
         checks::allowed_package(&self.config.packages, package)
     }
 
+    /// The validate answer, shared by concurrent identical calls: each
+    /// judges its own copy.
     async fn validate(&self, cx: &Ctx, package: &str, product: &str, token: &str) -> Result<Answer, PluginError> {
         let url = format!(
             "{}/devapi/v2/api/validate/{}/inapp/{}/purchases/{}/",
@@ -232,7 +244,8 @@ impl CafeBazaar {
             segment(product),
             segment(token)
         );
-        self.send(cx, "validate", || HttpRequest::get(url.as_str())).await
+        let key = (package.to_owned(), product.to_owned(), token.to_owned());
+        self.lookups.run(key, || self.send(cx, "validate", || HttpRequest::get(url.as_str()))).await
     }
 
     /// Whether Bazaar says the purchase is consumed (`consumptionState` 0).
@@ -246,11 +259,10 @@ impl CafeBazaar {
     fn verdict(&self, product: &str, response: &HttpResponse) -> Result<proto::VerifyResponse, PluginError> {
         let bazaar: Validation = response.json()?;
         let malformed = |field: &str, value: i64| {
-            PluginError::internal(format!(
-                "cafe bazaar answered validate with {field} {value}, which iapd does not know"
-            ))
-            .with_reason("MALFORMED_RESPONSE")
-            .with_http_status(response.status())
+            PluginError::malformed_response(
+                response.status(),
+                format!("cafe bazaar answered validate with {field} {value}, which iapd does not know"),
+            )
         };
         // Bazaar's inversion: 0 is consumed, 1 is not.
         let consumption = match bazaar.consumption_state {

@@ -246,9 +246,69 @@ fn faults_are_retried_and_counted_at_the_store() {
     let before = setup.kit.now_unix_millis();
     verify(&setup, "coins_100", "bz-purchased").unwrap();
     assert_eq!(setup.kit.now_unix_millis() - before, 1_000, "Retry-After honoured");
+}
 
+#[test]
+fn malformed_json_from_bazaar_is_malformed_response() {
+    let setup = oauth();
+    // Verify's and Consume's read of validate, and the token endpoint.
     setup.emulator.inject(Fault { malformed: true, ..Fault::answering("validate", 200, "") });
-    assert_eq!(verify(&setup, "coins_100", "bz-purchased").unwrap_err().code(), Code::Internal);
+    let verify_err = verify(&setup, "coins_100", "bz-purchased").unwrap_err();
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("validate", 200, "") });
+    let consume_err = consume(&setup, "coins_100", "bz-purchased").unwrap_err();
+    let fresh = oauth();
+    fresh.emulator.inject(Fault { malformed: true, ..Fault::answering("token", 200, "") });
+    let token_err = verify(&fresh, "coins_100", "bz-purchased").unwrap_err();
+    for (what, err, expected) in [
+        ("validate", verify_err, "Validation"),
+        ("consume", consume_err, "Validation"),
+        ("token", token_err, "TokenResponse"),
+    ] {
+        assert_eq!(
+            (err.code(), err.reason(), err.http_status()),
+            (Code::Internal, "MALFORMED_RESPONSE", 200),
+            "{what}: {err}"
+        );
+        assert!(err.message().contains(&format!("malformed json: expected {expected}")), "{what}: {err}");
+    }
+    assert_eq!(fresh.emulator.count("validate"), 0, "no validate without a token");
+    // The faults caused it: the same calls succeed now.
+    assert!(!consume(&setup, "coins_100", "bz-purchased").unwrap());
+}
+
+#[test]
+fn concurrent_identical_verifies_share_one_validate() {
+    for setup in [oauth(), pishkhan()] {
+        // The first validate answers slowly: all twenty calls overlap it.
+        setup.emulator.inject(Fault { operation: Some("validate".into()), delay_ms: 2_000, ..Fault::default() });
+        let request = proto::VerifyRequest {
+            app_id: PACKAGE.into(),
+            product_id: "coins_100".into(),
+            proof: proof("bz-purchased"),
+            user_id: String::new(),
+        };
+        let started = setup.kit.now_unix_millis();
+        let answers = setup.kit.verify_concurrently(&vec![request; 20]);
+        assert_eq!(answers.len(), 20);
+        for answer in answers {
+            assert_eq!(answer.unwrap().verdict(), Verdict::Valid);
+        }
+        assert_eq!(setup.emulator.count("validate"), 1, "20 identical Verifies, 1 request to bazaar's daily quota");
+        assert!(setup.kit.now_unix_millis() - started >= 2_000, "all waited for the one slow answer");
+
+        // Another token is another lookup; once answered, nothing is cached.
+        let other = proto::VerifyRequest {
+            app_id: PACKAGE.into(),
+            product_id: "remove_ads".into(),
+            proof: proof("bz-remove-ads"),
+            user_id: String::new(),
+        };
+        let answers = setup.kit.verify_concurrently(&[other.clone(), other]);
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert_eq!(setup.emulator.count("validate"), 2);
+        verify(&setup, "coins_100", "bz-purchased").unwrap();
+        assert_eq!(setup.emulator.count("validate"), 3);
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Talking to the Android Publisher API: auth on every request, one token
-//! refresh after a 401, retries with backoff for what Google says to retry
-//! (409 `concurrentUpdate`, 429, 5xx), and Google's error envelope.
+//! refresh after a 401 that refuses the token, retries with backoff for what
+//! Google says to retry (409 `concurrentUpdate`, 429, 5xx), and Google's
+//! error envelope.
 
 use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::retry::{self, Retry, with_retries};
@@ -66,6 +67,12 @@ impl GoogleError {
     /// The error for the caller, for a refusal that is not a verdict.
     pub(crate) fn to_plugin_error(&self, what: &str) -> PluginError {
         let code = match (self.status, self.reason.as_str()) {
+            // Google answers some of these with 401 (`permissionDenied` when
+            // the service account is not linked to the app): the reason says
+            // what is wrong, not the status.
+            (_, "permissionDenied" | "userInsufficientPermission" | "insufficientPermissions" | "forbidden") => {
+                Code::PermissionDenied
+            }
             (400, "invalidPurchaseState" | "productNotOwnedByUser" | "unsupportedIabType") => Code::FailedPrecondition,
             (400, _) => Code::InvalidArgument,
             (401, _) => Code::Unauthenticated,
@@ -82,8 +89,26 @@ impl GoogleError {
     }
 }
 
+/// Whether a 401 says Google refused the access token, so that a fresh one
+/// may pass: reason `authError`, an envelope with no reason but status
+/// UNAUTHENTICATED, or `WWW-Authenticate: Bearer … error="invalid_token"`.
+/// A 401 with another reason (`permissionDenied`) is about the account's
+/// grants, which no new token changes.
+fn token_refused(response: &HttpResponse) -> bool {
+    let invalid_token = response.header("www-authenticate").is_some_and(|value| value.contains("invalid_token"));
+    match GoogleError::parse(response) {
+        Some(google) => match google.reason.as_str() {
+            "authError" | "UNAUTHENTICATED" => true,
+            "" => invalid_token,
+            _ => false,
+        },
+        None => invalid_token,
+    }
+}
+
 /// An API answer: a success, or Google's considered refusal (4xx other than
-/// 401, 409 and 429), which the caller maps (a 404 can be a verdict).
+/// 409, 429 and a 401 refusing the token), which the caller maps (a 404 can
+/// be a verdict).
 #[derive(Debug, Clone)]
 pub(crate) enum Answer {
     Success(HttpResponse),
@@ -120,7 +145,7 @@ impl Client {
                     200..=299 => return Ok(Answer::Success(response)),
                     // An access token can be revoked or expire early: one
                     // fresh token, then the refusal stands.
-                    401 if !refreshed => {
+                    401 if !refreshed && token_refused(&response) => {
                         self.tokens.invalidate(&token);
                         refreshed = true;
                     }

@@ -52,9 +52,10 @@ pub(crate) fn verdict(
 ) -> Result<proto::VerifyResponse, PluginError> {
     let google: ProductPurchase = response.json()?;
     let malformed = |detail: String| {
-        PluginError::internal(format!("google play answered purchases.products.get with {detail}"))
-            .with_reason("MALFORMED_RESPONSE")
-            .with_http_status(response.status())
+        PluginError::malformed_response(
+            response.status(),
+            format!("google play answered purchases.products.get with {detail}"),
+        )
     };
     let purchase_time = match &google.purchase_time_millis {
         Some(millis) => millis.parse::<i64>().map_err(|_| malformed(format!("purchaseTimeMillis {millis:?}")))?,
@@ -146,15 +147,23 @@ pub(crate) fn catalog_page(
     subscriptions: bool,
     response: &HttpResponse,
 ) -> Result<CatalogPage, PluginError> {
-    let body: Value = response.json()?;
-    let field = if subscriptions { "subscriptions" } else { "oneTimeProducts" };
-    let products = body.get(field).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    let items = products
-        .iter()
-        .map(|product| if subscriptions { subscription(config, product) } else { one_time_product(config, product) })
-        .collect();
-    let next_page_token =
-        body.get("nextPageToken").and_then(Value::as_str).filter(|token| !token.is_empty()).map(str::to_owned);
+    /// Either listing's page; each product is read leniently below.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct CatalogListing {
+        #[serde(default)]
+        one_time_products: Vec<Value>,
+        #[serde(default)]
+        subscriptions: Vec<Value>,
+        next_page_token: Option<String>,
+    }
+    let body: CatalogListing = response.json()?;
+    let items = if subscriptions {
+        body.subscriptions.iter().map(|product| subscription(config, product)).collect()
+    } else {
+        body.one_time_products.iter().map(|product| one_time_product(config, product)).collect()
+    };
+    let next_page_token = body.next_page_token.filter(|token| !token.is_empty());
     Ok(CatalogPage { items, next_page_token })
 }
 

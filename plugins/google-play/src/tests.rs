@@ -316,10 +316,28 @@ fn retry_after_is_honoured_or_handed_to_the_caller() {
 #[test]
 fn malformed_and_foreign_answers_are_internal_errors() {
     let setup = setup();
+    // Malformed JSON from every API the store parses: the purchase (for
+    // Verify, and the read before a Consume), the catalog, the token endpoint.
+    let mut errors = Vec::new();
     setup.emulator.inject(Fault { malformed: true, ..Fault::answering("products.get", 200, "") });
-    let err = verify(&setup, "coins_100", "gp-purchased").unwrap_err();
-    assert_eq!((err.code(), err.http_status()), (Code::Internal, 200), "{err}");
-    assert!(err.message().contains("malformed json"), "{err}");
+    errors.push(("products.get", "ProductPurchase", verify(&setup, "coins_100", "gp-purchased").unwrap_err()));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("products.get", 200, "") });
+    errors.push(("consume's read", "ProductPurchase", consume(&setup, "coins_100", "gp-purchased").unwrap_err()));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("oneTimeProducts.list", 200, "") });
+    let listed =
+        setup.kit.list_items(proto::ListItemsRequest { app_id: PACKAGE.into(), ..Default::default() }).unwrap_err();
+    errors.push(("oneTimeProducts.list", "CatalogListing", listed));
+    let fresh = self::setup();
+    fresh.emulator.inject(Fault { malformed: true, ..Fault::answering("token", 200, "") });
+    errors.push(("token", "TokenResponse", verify(&fresh, "coins_100", "gp-purchased").unwrap_err()));
+    for (what, expected, err) in errors {
+        assert_eq!(
+            (err.code(), err.reason(), err.http_status()),
+            (Code::Internal, "MALFORMED_RESPONSE", 200),
+            "{what}: {err}"
+        );
+        assert!(err.message().contains(&format!("malformed json: expected {expected}")), "{what}: {err}");
+    }
 
     // A 404 that is not Google's envelope (a wrong api_root) is no verdict.
     let mut config = config();
@@ -406,6 +424,83 @@ fn one_access_token_serves_many_calls_until_it_expires_or_is_revoked() {
     let err = verify(&setup, "coins_100", "gp-purchased").unwrap_err();
     assert_eq!((err.code(), err.reason()), (Code::Unauthenticated, "authError"), "{err}");
     assert_eq!(setup.emulator.count("token"), 4, "exactly one refresh after a 401");
+}
+
+#[test]
+fn a_401_refreshes_the_token_only_when_google_refused_the_token() {
+    // Google's 401 `permissionDenied`: the service account is not linked to
+    // the app. No new token changes that, so the shared one is kept.
+    let setup = setup();
+    setup.emulator.inject(Fault { times: 2, ..Fault::answering("products.get", 401, "permissionDenied") });
+    for call in 1..=2 {
+        let err = verify(&setup, "coins_100", "gp-purchased").unwrap_err();
+        assert_eq!(
+            (err.code(), err.reason(), err.http_status()),
+            (Code::PermissionDenied, "permissionDenied", 401),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+        assert_eq!(setup.emulator.count("products.get"), call, "asked exactly once per call");
+        assert_eq!(setup.emulator.count("token"), 1, "no second token fetch");
+    }
+    // Once the app is granted, the same token serves.
+    verify(&setup, "coins_100", "gp-purchased").unwrap();
+    assert_eq!(setup.emulator.count("token"), 1, "the shared token is still in use");
+
+    // Google's 401 `authError` (with WWW-Authenticate invalid_token): one
+    // fresh token, and the call succeeds.
+    setup.emulator.inject(Fault::answering("products.get", 401, "authError"));
+    assert_eq!(verify(&setup, "coins_100", "gp-purchased").unwrap().verdict(), Verdict::Valid);
+    assert_eq!((setup.emulator.count("products.get"), setup.emulator.count("token")), (5, 2));
+
+    // An envelope naming no reason, only status UNAUTHENTICATED (as some
+    // Google APIs answer a bad token), refreshes too.
+    let emulator = Arc::new(Emulator::with_default_state());
+    emulator.add_service_account(KEY).unwrap();
+    emulator.set_clock(1_767_225_600_000);
+    let answers = iapd_emulators::kit_handler(emulator.clone());
+    let bare_401_sent = std::sync::atomic::AtomicBool::new(false);
+    let kit = kit::builder()
+        .now_unix_millis(1_767_225_600_000)
+        .config_json(config().to_string())
+        .secret("service_account", key_for(KEY, &format!("{ORIGIN}/token")))
+        .allow_origin(ORIGIN)
+        .http(move |request| {
+            let is_get = request.url().contains("/tokens/") && request.method() == "GET";
+            if is_get && !bare_401_sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let body = json!({"error": {"code": 401, "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}});
+                return kit::Answer::from(HttpResponse::new(401, body.to_string()));
+            }
+            answers(request)
+        })
+        .build::<GooglePlay>()
+        .unwrap();
+    let answer = kit
+        .verify(proto::VerifyRequest {
+            app_id: PACKAGE.into(),
+            product_id: "coins_100".into(),
+            proof: proof("gp-purchased"),
+            user_id: String::new(),
+        })
+        .unwrap();
+    assert_eq!(answer.verdict(), Verdict::Valid);
+    assert_eq!(emulator.count("token"), 2, "refreshed once after the bare 401");
+}
+
+#[test]
+fn concurrent_identical_verifies_share_one_request() {
+    let setup = setup();
+    setup.emulator.inject(Fault { operation: Some("products.get".into()), delay_ms: 2_000, ..Fault::default() });
+    let request = proto::VerifyRequest {
+        app_id: PACKAGE.into(),
+        product_id: "coins_100".into(),
+        proof: proof("gp-purchased"),
+        user_id: String::new(),
+    };
+    for answer in setup.kit.verify_concurrently(&vec![request; 20]) {
+        assert_eq!(answer.unwrap().verdict(), Verdict::Valid);
+    }
+    assert_eq!((setup.emulator.count("products.get"), setup.emulator.count("token")), (1, 1));
 }
 
 #[test]

@@ -81,7 +81,7 @@ impl DevApi {
             self.send(cx, retry, action.name(), || HttpRequest::new("PATCH", url.as_str()).body(body.clone())).await?;
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
-        struct Answer {
+        struct PurchaseUpdate {
             #[serde(default)]
             purchase_item_list: Vec<Item>,
         }
@@ -94,11 +94,13 @@ impl DevApi {
             #[serde(default)]
             status_string: String,
         }
-        let answer: Answer = response.json()?;
+        let answer: PurchaseUpdate = response.json()?;
         let item =
             answer.purchase_item_list.into_iter().find(|item| item.purchase_id == purchase_id).ok_or_else(|| {
-                PluginError::internal(format!("samsung's {} answer has no result for the purchase", action.name()))
-                    .with_reason("MALFORMED_RESPONSE")
+                PluginError::malformed_response(
+                    response.status(),
+                    format!("samsung's {} answer has no result for the purchase", action.name()),
+                )
             })?;
         let code = match &item.status_code {
             Value::String(code) => code.clone(),
@@ -181,7 +183,7 @@ impl DevApi {
         struct CreatedItem {
             access_token: String,
         }
-        let created = serde_json::from_slice::<Created>(response.body()).ok().filter(|_| response.status() == 200);
+        let created = if response.status() == 200 { Some(response.json::<Created>()?) } else { None };
         match created {
             Some(Created { ok: true, created_item: Some(item) }) => {
                 cx.log(

@@ -18,6 +18,8 @@
 //! - The Developer API authenticates with a service account: an RS256 JWT
 //!   (20 minutes at most) buys an access token that never expires; it is
 //!   cached, and refreshed once after a 401.
+//! - Concurrent identical Verifies (the same receipt, the same ticket) share
+//!   one request to Samsung.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +32,7 @@ use iapd_sdk_plugin::path_segment as segment;
 use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::proto;
 use iapd_sdk_plugin::retry::{Retry, with_retries};
+use iapd_sdk_plugin::sync::SingleFlight;
 use serde::Deserialize;
 
 use crate::devapi::{Action, DevApi};
@@ -44,6 +47,9 @@ pub struct Samsung {
     store_id: String,
     /// `None` without `service_account_id`: Verify works, the Developer API does not.
     devapi: Option<DevApi>,
+    /// One verify GET per URL at a time: the URL is all that makes the
+    /// request (the purchase id, or the ticket's id and parameters).
+    lookups: SingleFlight<String, Result<HttpResponse, PluginError>>,
 }
 
 /// `[stores.<id>.config]`.
@@ -131,7 +137,7 @@ impl Store for Samsung {
             }
             Some(id) => Some(DevApi::new(&config.devapi_root, id, &init.secret("private_key")?)?),
         };
-        Ok(Samsung { config, store_id, devapi })
+        Ok(Samsung { config, store_id, devapi, lookups: SingleFlight::new() })
     }
 
     async fn verify(&self, cx: &Ctx, request: proto::VerifyRequest) -> Result<proto::VerifyResponse, PluginError> {
@@ -142,7 +148,7 @@ impl Store for Samsung {
                 let url =
                     format!("{}/iap/v6/receipt?purchaseID={}", root(&self.config.receipt_root), segment(purchase_id));
                 let response = self.get(cx, "receipt", &url).await?;
-                receipt::galaxy_verdict(&response, &request, self.config.allow_test_purchases)
+                receipt::galaxy_verdict(cx, &response, &request, self.config.allow_test_purchases)
             }
             Some(ticket) => {
                 let url = format!("{}?{}", self.config.tizen_verify_url, ticket.query(purchase_id));
@@ -230,9 +236,15 @@ impl Samsung {
         Ok(purchase_id)
     }
 
-    /// A GET of the unauthenticated verify APIs, retrying 429, 5xx and timeouts.
+    /// A GET of the unauthenticated verify APIs, retrying 429, 5xx and
+    /// timeouts, shared by concurrent identical calls: each judges its own
+    /// copy (package, item and user included).
     async fn get(&self, cx: &Ctx, what: &str, url: &str) -> Result<HttpResponse, PluginError> {
-        with_retries(cx, &self.config.retry, what, || devapi::exchange(cx, HttpRequest::get(url), what)).await
+        self.lookups
+            .run(url.to_owned(), || {
+                with_retries(cx, &self.config.retry, what, || devapi::exchange(cx, HttpRequest::get(url), what))
+            })
+            .await
     }
 }
 

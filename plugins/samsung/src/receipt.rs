@@ -8,6 +8,7 @@ use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::proto::{
     self, AcknowledgementState, ConsumptionState, Environment, ProductKind, PurchaseState, Verdict,
 };
+use iapd_sdk_plugin::region;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -96,9 +97,10 @@ struct Receipt {
 
 /// The error for a value iapd does not know: it decides nothing on a guess.
 fn malformed(response: &HttpResponse, what: &str, detail: String) -> PluginError {
-    PluginError::internal(format!("samsung answered the {what} with {detail}, which iapd does not know"))
-        .with_reason("MALFORMED_RESPONSE")
-        .with_http_status(response.status())
+    PluginError::malformed_response(
+        response.status(),
+        format!("samsung answered the {what} with {detail}, which iapd does not know"),
+    )
 }
 
 /// An answer with a `status`: JSON of Samsung's shape. Clients see `fail`
@@ -110,7 +112,7 @@ fn parse<T: serde::de::DeserializeOwned + HasStatus>(
     config_key: &str,
 ) -> Result<T, PluginError> {
     let success = (200..300).contains(&response.status());
-    match serde_json::from_slice::<T>(response.body()) {
+    match response.json::<T>() {
         Ok(answer) if answer.has_status() => Ok(answer),
         _ if !success => Err(PluginError::unexpected_response(
             response.status(),
@@ -120,7 +122,7 @@ fn parse<T: serde::de::DeserializeOwned + HasStatus>(
             ),
         )),
         Ok(_) => Err(malformed(response, what, "no `status`".to_owned())),
-        Err(err) => Err(malformed(response, what, format!("a body of another shape ({err})"))),
+        Err(err) => Err(err),
     }
 }
 
@@ -142,6 +144,7 @@ impl HasStatus for TizenAnswer {
 
 /// The verdict of a Galaxy Store receipt.
 pub(crate) fn galaxy_verdict(
+    cx: &Ctx,
     response: &HttpResponse,
     request: &proto::VerifyRequest,
     allow_test_purchases: bool,
@@ -215,7 +218,8 @@ pub(crate) fn galaxy_verdict(
         kind: kind.into(),
         environment: environment.into(),
         developer_payload: receipt.pass_through_param,
-        region_code: receipt.country_code,
+        // Samsung sends alpha-3 (`USA`); the raw answer keeps it.
+        region_code: region::region_code(cx, "samsung", &receipt.country_code),
         account_binding: receipt.obfuscated_account_id,
         raw_store_response: String::from_utf8_lossy(response.body()).into_owned(),
     };

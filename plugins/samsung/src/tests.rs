@@ -155,7 +155,7 @@ fn every_receipt_field_is_mapped() {
         time: 1_767_225_600_000,
         order: "S20260101US00000001",
         payment: "TPMTID20260101US0000001",
-        region: "USA",
+        region: "US",
         payload: "",
         binding: "",
     };
@@ -178,7 +178,7 @@ fn every_receipt_field_is_mapped() {
             time: 1_767_225_599_000,
             order: "S20260101KR00000003",
             payment: "TPMTID20260101KR0000003",
-            region: "KOR",
+            region: "KR",
             ..base
         },
         Row {
@@ -258,6 +258,77 @@ fn every_receipt_field_is_mapped() {
 }
 
 #[test]
+fn the_region_is_alpha_2_and_the_raw_answer_keeps_samsungs_code() {
+    let setup = setup();
+    setup.emulator.add_receipt(receipt_with("sg-alpha2", json!({"countryCode": "DE"})));
+    setup.emulator.add_receipt(receipt_with("sg-unknown-region", json!({"countryCode": "ZZZ"})));
+    for (id, samsung, region) in
+        [("sg-purchased", "USA", "US"), ("sg-alpha2", "DE", "DE"), ("sg-unknown-region", "ZZZ", "")]
+    {
+        let answer = verify(&setup, "coins_100", id).unwrap();
+        assert_eq!(answer.verdict(), Verdict::Valid, "{id}: an unknown region never fails the verify");
+        let purchase = answer.purchase.unwrap();
+        assert_eq!(purchase.region_code, region, "{id}");
+        let raw: serde_json::Value = serde_json::from_str(&purchase.raw_store_response).unwrap();
+        assert_eq!(raw["countryCode"], samsung, "{id}: the raw answer keeps samsung's code");
+    }
+    let korea = verify(&setup, "remove_ads", "sg-remove-ads").unwrap().purchase.unwrap();
+    assert_eq!(korea.region_code, "KR");
+    let logged = setup.kit.logs().into_iter().any(|(level, message)| {
+        level == iapd_sdk_plugin::log::Level::Debug as u32 && message.contains("\"ZZZ\", not an iso 3166-1 code")
+    });
+    assert!(logged, "the unknown code is logged at debug: {:?}", setup.kit.logs());
+}
+
+#[test]
+fn concurrent_identical_verifies_share_one_request_and_each_caller_is_judged_alone() {
+    let setup = setup();
+    // Galaxy Store receipts: the first receipt answers slowly, so all twenty
+    // calls overlap it. The purchase is bound to user-42: the callers who
+    // say another user get USER_MISMATCH from the same one answer.
+    setup.emulator.inject(Fault { operation: Some("receipt".into()), delay_ms: 2_000, ..Fault::default() });
+    let requests: Vec<proto::VerifyRequest> = (0..20)
+        .map(|caller| proto::VerifyRequest {
+            app_id: PACKAGE.into(),
+            product_id: "coins_500".into(),
+            proof: purchase_id("sg-bound"),
+            user_id: if caller % 2 == 0 { "user-42".into() } else { "user-7".into() },
+        })
+        .collect();
+    let started = setup.kit.now_unix_millis();
+    let answers = setup.kit.verify_concurrently(&requests);
+    assert_eq!(answers.len(), 20);
+    for (caller, answer) in answers.into_iter().enumerate() {
+        let expected = if caller % 2 == 0 { Verdict::Valid } else { Verdict::UserMismatch };
+        assert_eq!(answer.unwrap().verdict(), expected, "caller {caller}");
+    }
+    assert_eq!(setup.emulator.count("receipt"), 1, "20 identical Verifies, 1 receipt request");
+    assert!(setup.kit.now_unix_millis() - started >= 2_000, "all waited for the one slow answer");
+
+    // Tizen tickets, likewise; another purchase id is another request.
+    setup.emulator.inject(Fault { operation: Some("tizen.verify".into()), delay_ms: 2_000, ..Fault::default() });
+    let ticket_request = proto::VerifyRequest {
+        app_id: ITEM_GROUP.into(),
+        product_id: "000000000072".into(),
+        proof: ticket(TICKET, &TICKET_PARAMS),
+        user_id: String::new(),
+    };
+    let answers = setup.kit.verify_concurrently(&vec![ticket_request; 20]);
+    for answer in answers {
+        assert_eq!(answer.unwrap().verdict(), Verdict::Valid);
+    }
+    assert_eq!(setup.emulator.count("tizen.verify"), 1, "20 identical ticket checks, 1 request");
+    let two = [purchase_id("sg-purchased"), purchase_id("sg-consumed")].map(|proof| proto::VerifyRequest {
+        app_id: PACKAGE.into(),
+        product_id: "coins_100".into(),
+        proof,
+        user_id: String::new(),
+    });
+    assert!(setup.kit.verify_concurrently(&two).iter().all(Result::is_ok));
+    assert_eq!(setup.emulator.count("receipt"), 3, "two purchase ids, two requests");
+}
+
+#[test]
 fn values_iapd_does_not_know_fail_closed() {
     let setup = setup();
     for (id, changes) in [
@@ -272,6 +343,37 @@ fn values_iapd_does_not_know_fail_closed() {
         setup.emulator.add_receipt(receipt_with(id, changes));
         let err = verify(&setup, "coins_100", id).unwrap_err();
         assert_eq!((err.code(), err.reason()), (Code::Internal, "MALFORMED_RESPONSE"), "{id}: {err}");
+    }
+}
+
+#[test]
+fn malformed_json_from_every_samsung_api_is_malformed_response() {
+    let setup = setup();
+    let mut errors = Vec::new();
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("receipt", 200, "") });
+    errors.push(("receipt", "Receipt", verify(&setup, "coins_100", "sg-purchased").unwrap_err()));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("tizen.verify", 200, "") });
+    let tizen = verify_ticket(&setup, "000000000072", ticket(TICKET, &TICKET_PARAMS)).unwrap_err();
+    errors.push(("tizen.verify", "TizenAnswer", tizen));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("token", 200, "") });
+    errors.push(("token", "Created", consume(&setup, "coins_100", purchase_id("sg-purchased")).unwrap_err()));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("purchases.update", 200, "") });
+    errors.push((
+        "purchases.update",
+        "PurchaseUpdate",
+        consume(&setup, "coins_100", purchase_id("sg-purchased")).unwrap_err(),
+    ));
+    setup.emulator.inject(Fault { malformed: true, ..Fault::answering("items.list", 200, "") });
+    let listed =
+        setup.kit.list_items(proto::ListItemsRequest { app_id: PACKAGE.into(), ..Default::default() }).unwrap_err();
+    errors.push(("items.list", "ItemPage", listed));
+    for (what, expected, err) in errors {
+        assert_eq!(
+            (err.code(), err.reason(), err.http_status()),
+            (Code::Internal, "MALFORMED_RESPONSE", 200),
+            "{what}: {err}"
+        );
+        assert!(err.message().contains(&format!("malformed json: expected {expected}")), "{what}: {err}");
     }
 }
 

@@ -93,8 +93,8 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
-    /// How long the server waits before answering (a slow store). In-process
-    /// callers ignore it.
+    /// How long the server waits before answering (a slow store); in-process,
+    /// the kit delivers the answer that much later on its clock.
     pub delay: Duration,
 }
 
@@ -128,9 +128,11 @@ pub trait Emulator: Send + Sync + 'static {
 
 /// Answers the SDK kit's HTTP with `emulator`, in-process, so a plugin's unit
 /// tests exercise the same emulator the integration tests serve over HTTP.
+/// A delayed answer (a `delayMs` fault) is delivered that much later on the
+/// kit's clock.
 pub fn kit_handler(
     emulator: std::sync::Arc<dyn Emulator>,
-) -> impl Fn(&iapd_sdk_plugin::HttpRequest) -> iapd_sdk_plugin::HttpResponse + Send + Sync + 'static {
+) -> impl Fn(&iapd_sdk_plugin::HttpRequest) -> iapd_sdk_plugin::kit::Answer + Send + Sync + 'static {
     move |request| {
         let wire = request.clone().into_proto();
         let host = wire.url.split("://").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or_default().to_owned();
@@ -139,11 +141,11 @@ pub fn kit_handler(
             emulated = emulated.header(&header.name, &String::from_utf8_lossy(&header.value));
         }
         let answer = emulator.handle(&emulated);
-        answer
-            .headers
-            .iter()
-            .fold(iapd_sdk_plugin::HttpResponse::new(answer.status, answer.body.clone()), |response, (name, value)| {
-                response.with_header(name, value)
-            })
+        let response =
+            answer.headers.iter().fold(
+                iapd_sdk_plugin::HttpResponse::new(answer.status, answer.body.clone()),
+                |response, (name, value)| response.with_header(name, value),
+            );
+        iapd_sdk_plugin::kit::Answer::after(response, answer.delay)
     }
 }

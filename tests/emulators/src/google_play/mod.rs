@@ -551,7 +551,7 @@ pub fn google_error(code: u16, reason: &str, message: &str) -> Response {
         504 => "DEADLINE_EXCEEDED",
         _ => "INTERNAL",
     };
-    Response::json(
+    let mut response = Response::json(
         code,
         &json!({"error": {
             "code": code,
@@ -559,7 +559,16 @@ pub fn google_error(code: u16, reason: &str, message: &str) -> Response {
             "errors": [{"message": message, "domain": domain, "reason": reason}],
             "status": status,
         }}),
-    )
+    );
+    // Google's answer to a refused access token says so in the header too;
+    // its 401 `permissionDenied` (an account not linked to the app) does not.
+    if code == 401 && reason == "authError" {
+        response.headers.push((
+            "www-authenticate".to_owned(),
+            "Bearer realm=\"https://accounts.google.com/\", error=\"invalid_token\"".to_owned(),
+        ));
+    }
+    response
 }
 
 fn oauth_error(error: &str, description: &str) -> Response {
