@@ -1,5 +1,5 @@
-//! Configuration errors name the key and the reason; env overrides work; the
-//! `check-config` and `plugins` commands.
+//! Configuration errors name the key and the reason (never a secret value);
+//! env overrides work; the `check-config` and `plugins` commands.
 
 use crate::support::{Sandbox, built_plugin, run_iapd};
 
@@ -116,4 +116,39 @@ fn plugins_lists_abi_capabilities_and_path() {
     ] {
         assert!(stdout.contains(expected), "`{expected}` missing:\n{stdout}");
     }
+}
+
+#[test]
+fn config_errors_never_echo_a_secret_value() {
+    const SECRET: &str = "S3CRET-5b1e9d";
+    let sandbox = Sandbox::new();
+    sandbox.add_plugin(&built_plugin("iapd-plugin-sandbox"), "libiapd_plugin_sandbox.so");
+    let store = "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n";
+    // (config body after the store, environment, the key the error names)
+    let cases = [
+        (format!("[stores.sandbox.secrets]\nkey = \"{SECRET}\"\n"), vec![], "stores.sandbox.secrets.key"),
+        (format!("secrets = \"{SECRET}\"\n"), vec![], "stores.sandbox.secrets"),
+        (format!("secrets = {{ key = {{ value = [\"{SECRET}\"] }} }}\n"), vec![], "stores.sandbox.secrets.key.value"),
+        ("secrets = { key = { value = 5318008 } }\n".to_owned(), vec![], "stores.sandbox.secrets.key.value"),
+        (String::new(), vec![("IAPD_STORES__SANDBOX__SECRETS__KEY", SECRET)], "stores.sandbox.secrets.key"),
+        (String::new(), vec![("IAPD_STORES__SANDBOX__SECRETS", SECRET)], "stores.sandbox.secrets"),
+        (
+            String::new(),
+            vec![("IAPD_STORES__SANDBOX__SECRETS__KEY__VALUE", "5318008")],
+            "stores.sandbox.secrets.key.value",
+        ),
+    ];
+    for (body, envs, key) in &cases {
+        let config = sandbox.write_config(&format!("{store}{body}"));
+        let (ok, _, stderr) = check(&config, envs);
+        assert!(!ok, "accepted:\n{body}{envs:?}");
+        assert!(stderr.contains(&format!("config key `{key}`")), "key `{key}` not named:\n{stderr}");
+        assert!(!stderr.contains(SECRET) && !stderr.contains("5318008"), "the value leaked:\n{stderr}");
+    }
+    // A syntax error on a secret's line: the position, never the line.
+    let config = sandbox.write_config(&format!("{store}[stores.sandbox.secrets]\nkey = {{ value = \"{SECRET} }}\n"));
+    let (ok, _, stderr) = check(&config, &[]);
+    assert!(!ok);
+    assert!(stderr.contains("line 7, column"), "no position:\n{stderr}");
+    assert!(!stderr.contains(SECRET), "the value leaked:\n{stderr}");
 }
