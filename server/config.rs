@@ -28,7 +28,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError { key: key.into(), reason: reason.into() }
     }
 }
@@ -106,7 +106,8 @@ fn default_plugin_threads() -> usize {
     2
 }
 
-/// Where a secret's value comes from: a table with `env`, `file` or `value`.
+/// Where a secret's value comes from: a table with exactly one of `env`,
+/// `file` or `value`.
 /// Values never appear in logs or errors, so neither `Debug` nor the
 /// deserializer's errors show what was written.
 #[derive(Clone)]
@@ -181,6 +182,7 @@ impl<'de> serde::de::Visitor<'de> for SourceVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SecretSource, A::Error> {
         let mut source = None;
+        let mut first = String::new();
         while let Some(name) = map.next_key::<String>()? {
             let kind = match name.as_str() {
                 "env" => SecretSource::Env,
@@ -188,9 +190,16 @@ impl<'de> serde::de::Visitor<'de> for SourceVisitor {
                 "value" => SecretSource::Value,
                 _ => return Err(serde::de::Error::unknown_field(&name, SECRET_SOURCES)),
             };
+            // Two sources would leave one silently unused.
+            if source.is_some() {
+                return Err(serde::de::Error::custom(format_args!(
+                    "has two sources, `{first}` and `{name}`: give exactly one of `env`, `file` or `value`"
+                )));
+            }
             source = Some(kind(map.next_value::<SecretText>()?.0));
+            first = name;
         }
-        source.ok_or_else(|| serde::de::Error::custom("is empty: give one of `env`, `file` or `value`"))
+        source.ok_or_else(|| serde::de::Error::custom("is empty: give exactly one of `env`, `file` or `value`"))
     }
 }
 

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use iapd_sdk_plugin::abi;
 
+use crate::config::ConfigError;
+
 /// Why a plugin was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -67,6 +69,9 @@ pub enum LoadError {
         /// What is wrong, with found and expected values.
         problem: String,
     },
+    /// The store's configuration does not fit the plugin.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The plugin could not create its instance.
     #[error("plugin `{path}` ({name}) failed to start: {message}")]
     Init {
@@ -195,4 +200,21 @@ pub(crate) fn check_descriptor(path: &Path, info: &DescriptorInfo) -> Result<(),
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Refuses configured secrets the plugin does not declare (`PluginInfo.secrets`):
+/// a misspelt name would otherwise be accepted and never read.
+pub(crate) fn check_secrets<'a>(
+    store_id: &str,
+    configured: impl IntoIterator<Item = &'a String>,
+    declared: &[String],
+) -> Result<(), LoadError> {
+    let Some(unknown) = configured.into_iter().find(|name| !declared.contains(name)) else { return Ok(()) };
+    let reason = if declared.is_empty() {
+        "the plugin declares no secrets".to_owned()
+    } else {
+        let names: Vec<String> = declared.iter().map(|name| format!("`{name}`")).collect();
+        format!("the plugin declares only {}", names.join(", "))
+    };
+    Err(ConfigError::new(format!("stores.{store_id}.secrets.{unknown}"), reason).into())
 }

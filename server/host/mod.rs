@@ -167,6 +167,7 @@ impl StorePlugin {
                 ),
             });
         }
+        load::check_secrets(id, store.secrets.keys(), &meta.info.secrets)?;
 
         let mut origins = Vec::new();
         for text in &meta.info.allowed_origins {

@@ -1,7 +1,7 @@
 //! Configuration errors name the key and the reason (never a secret value);
 //! env overrides work; the `check-config` and `plugins` commands.
 
-use crate::support::{Sandbox, built_plugin, run_iapd};
+use crate::support::{Sandbox, Server, built_plugin, run_iapd};
 
 fn check(config: &std::path::Path, envs: &[(&str, &str)]) -> (bool, String, String) {
     run_iapd(&["--config", &config.display().to_string(), "check-config"], envs)
@@ -151,4 +151,52 @@ fn config_errors_never_echo_a_secret_value() {
     assert!(!ok);
     assert!(stderr.contains("line 7, column"), "no position:\n{stderr}");
     assert!(!stderr.contains(SECRET), "the value leaked:\n{stderr}");
+}
+
+#[test]
+fn a_secret_has_exactly_one_source() {
+    let sandbox = Sandbox::new();
+    sandbox.add_plugin(&built_plugin("iapd-plugin-sandbox"), "libiapd_plugin_sandbox.so");
+    let store = "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n";
+    let cases = [
+        ("secrets = { key = { value = \"a\", env = \"HOME\" } }\n", vec![]),
+        ("secrets = { key = { file = \"/etc/hostname\", env = \"HOME\" } }\n", vec![]),
+        // The file's source and the environment's are merged into one table.
+        ("secrets = { key = { value = \"a\" } }\n", vec![("IAPD_STORES__SANDBOX__SECRETS__KEY__ENV", "HOME")]),
+    ];
+    for (body, envs) in &cases {
+        let config = sandbox.write_config(&format!("{store}{body}"));
+        let (ok, _, stderr) = check(&config, envs);
+        assert!(!ok, "accepted:\n{body}{envs:?}");
+        assert!(stderr.contains("config key `stores.sandbox.secrets.key`"), "key not named:\n{stderr}");
+        assert!(stderr.contains("give exactly one of `env`, `file` or `value`"), "{stderr}");
+    }
+}
+
+#[test]
+fn secrets_the_plugin_does_not_declare_are_refused() {
+    let sandbox = Sandbox::new();
+    sandbox.add_plugin(&built_plugin("iapd-plugin-sandbox"), "libiapd_plugin_sandbox.so");
+    sandbox.add_plugin(&built_plugin("iapd-plugin-google-play"), "libiapd_plugin_google_play.so");
+    let cases = [
+        (
+            "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\nsecrets = { key = { value = \"x\" } }\n",
+            "config key `stores.sandbox.secrets.key`",
+            "the plugin declares no secrets",
+        ),
+        (
+            "[stores.gp]\nplugin = \"iapd_plugin_google_play\"\nsecrets = { service_acount = { value = \"{}\" } }\n",
+            "config key `stores.gp.secrets.service_acount`",
+            "the plugin declares only `service_account`",
+        ),
+    ];
+    for (body, key, reason) in cases {
+        let config = sandbox.write_config(body);
+        let (ok, _, stderr) = check(&config, &[]);
+        assert!(!ok, "accepted:\n{body}");
+        assert!(stderr.contains(key) && stderr.contains(reason), "`{key}`: {reason}` missing:\n{stderr}");
+        // `serve` refuses it the same way.
+        let logs = Server::try_start(Some(&config), &[]).err().expect("serve accepted an undeclared secret");
+        assert!(logs.contains(key) && logs.contains(reason), "{logs}");
+    }
 }
