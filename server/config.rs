@@ -350,9 +350,11 @@ impl Config {
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         let base = match &sources.file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
+                // Opened here so that an unreadable file is refused as such;
+                // figment reads it again and names it in its errors.
+                std::fs::File::open(path)
                     .map_err(|err| ConfigError::new("--config", format!("cannot read `{}`: {err}", path.display())))?;
-                Toml::string(&text)
+                Toml::file_exact(path)
             }
             None => Toml::string(DEFAULTS),
         };
@@ -496,7 +498,15 @@ fn valid_store_id(id: &str) -> bool {
 
 fn figment_error(err: figment::Error) -> ConfigError {
     let key = if err.path.is_empty() { "(top level)".to_owned() } else { err.path.join(".") };
-    let source = err.metadata.as_ref().map(|meta| format!(" (from {})", meta.name)).unwrap_or_default();
+    let source = match err.metadata.as_ref() {
+        Some(meta) => match &meta.source {
+            Some(figment::Source::File(path)) => format!(" (in `{}`)", path.display()),
+            // The only TOML string is the embedded defaults.
+            _ if meta.name.starts_with(Toml::NAME) => " (in the embedded defaults)".to_owned(),
+            _ => format!(" (from {})", meta.name),
+        },
+        None => String::new(),
+    };
     let under_secrets = err.path.len() >= 3 && err.path[0] == "stores" && err.path[2] == "secrets";
     let reason = if under_secrets { without_values(&err.kind) } else { without_excerpt(&err.kind.to_string()) };
     ConfigError::new(key, format!("{reason}{source}"))

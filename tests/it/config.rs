@@ -200,3 +200,16 @@ fn secrets_the_plugin_does_not_declare_are_refused() {
         assert!(logs.contains(key) && logs.contains(reason), "{logs}");
     }
 }
+
+#[test]
+fn config_errors_name_the_file_or_the_environment() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config("[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\nmax_in_flight = \"many\"\n");
+    let (ok, _, stderr) = check(&config, &[]);
+    assert!(!ok);
+    assert!(stderr.contains("config key `stores.sandbox.max_in_flight`"), "{stderr}");
+    assert!(stderr.contains(&format!("(in `{}`)", config.display())), "the file is not named:\n{stderr}");
+    let (ok, _, stderr) = check(&config, &[("IAPD_STORES__SANDBOX__MAX_IN_FLIGHT", "[1]")]);
+    assert!(!ok);
+    assert!(stderr.contains("(from `IAPD_` environment variable(s))"), "the environment is not named:\n{stderr}");
+}
