@@ -11,6 +11,7 @@ fn check(config: &std::path::Path, envs: &[(&str, &str)]) -> (bool, String, Stri
 fn configuration_errors_name_the_key_and_the_reason() {
     let sandbox = Sandbox::new();
     sandbox.add_plugin(&built_plugin("iapd-plugin-sandbox"), "libiapd_plugin_sandbox.so");
+    sandbox.add_plugin(&built_plugin("iapd-plugin-google-play"), "libiapd_plugin_google_play.so");
     // (config body after [plugins], expected key, expected reason fragment)
     let cases = [
         (
@@ -43,8 +44,13 @@ fn configuration_errors_name_the_key_and_the_reason() {
         ),
         (
             "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\nconfig = { typo = 1 }\n",
-            "stores.sandbox.config",
+            "stores.sandbox.config.typo",
             "unknown field `typo`",
+        ),
+        (
+            "[stores.gp]\nplugin = \"iapd_plugin_google_play\"\nconfig = { packages = [\"a\"], retry = { max_attempts = \"x\" } }\n",
+            "stores.gp.config.retry.max_attempts",
+            "invalid type: string \"x\", expected usize",
         ),
         ("", "stores", "no store is configured"),
     ];
@@ -57,6 +63,8 @@ fn configuration_errors_name_the_key_and_the_reason() {
             "key `{key}` not named:\n{stderr}"
         );
         assert!(stderr.contains(reason), "reason `{reason}` missing:\n{stderr}");
+        // A position in the JSON the plugin received means nothing to the operator.
+        assert!(!stderr.contains(" column "), "a position in the plugin's JSON:\n{stderr}");
     }
 }
 
