@@ -221,3 +221,16 @@ fn config_errors_name_the_file_or_the_environment() {
     assert!(!ok);
     assert!(stderr.contains("(from `IAPD_` environment variable(s))"), "the environment is not named:\n{stderr}");
 }
+
+#[test]
+fn an_invalid_log_filter_is_refused() {
+    for filter in ["iapd=loud", "=["] {
+        let (ok, _, stderr) = run_iapd(&["check-config"], &[("IAPD_LOG", filter)]);
+        assert!(!ok, "IAPD_LOG `{filter}` accepted");
+        assert!(stderr.contains(&format!("IAPD_LOG `{filter}` is not a log filter")), "{stderr}");
+        let logs = Server::try_start(None, &[("IAPD_LOG", filter)]).err().expect("serve accepted a bad IAPD_LOG");
+        assert!(logs.contains("IAPD_LOG"), "{logs}");
+    }
+    let (ok, _, stderr) = run_iapd(&["check-config"], &[("IAPD_LOG", "warn,iapd=debug")]);
+    assert!(ok, "a valid filter refused:\n{stderr}");
+}
