@@ -1,6 +1,8 @@
 //! Deciding whether a file is a plugin this server can run, before and after
 //! loading it. The checks run in a fixed order and stop at the first failure
-//! with the path and the found and expected values.
+//! with the path and the found and expected values: the modes of the file
+//! and its folder, the symbol table, (the loader), the descriptor; at
+//! start-up, the store's secret names.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +13,17 @@ use crate::config::ConfigError;
 /// Why a plugin was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// Every user may write the file or its folder, so any of them could
+    /// change the code the server runs.
+    #[error("plugin `{path}`: {what} is writable by every user (mode {mode:04o}); only its owner may write it")]
+    WorldWritable {
+        /// The file.
+        path: PathBuf,
+        /// `the file` or `its folder `<folder>``.
+        what: String,
+        /// The permission bits found.
+        mode: u32,
+    },
     /// The file could not be read to check its symbols.
     #[error("plugin `{path}`: cannot read the file: {source}")]
     Unreadable {
@@ -82,6 +95,31 @@ pub enum LoadError {
         /// The plugin's message (with secrets redacted).
         message: String,
     },
+}
+
+/// Refuses a plugin file, or a plugin folder, that every user may write. The
+/// first check: it runs before the file is read.
+#[cfg(unix)]
+pub(crate) fn check_modes(path: &Path) -> Result<(), LoadError> {
+    use std::os::unix::fs::PermissionsExt;
+    let folder = path.parent().unwrap_or(Path::new("/"));
+    for (target, what) in [(path, "the file".to_owned()), (folder, format!("its folder `{}`", folder.display()))] {
+        let mode = std::fs::metadata(target)
+            .map_err(|source| LoadError::Unreadable { path: path.to_owned(), source })?
+            .permissions()
+            .mode()
+            & 0o7777;
+        if mode & 0o002 != 0 {
+            return Err(LoadError::WorldWritable { path: path.to_owned(), what, mode });
+        }
+    }
+    Ok(())
+}
+
+/// Without Unix permission bits there is no world-writable mode to refuse.
+#[cfg(not(unix))]
+pub(crate) fn check_modes(_path: &Path) -> Result<(), LoadError> {
+    Ok(())
 }
 
 /// Reads the library's dynamic symbol table, without loading it, and checks

@@ -234,3 +234,43 @@ fn an_invalid_log_filter_is_refused() {
     let (ok, _, stderr) = run_iapd(&["check-config"], &[("IAPD_LOG", "warn,iapd=debug")]);
     assert!(ok, "a valid filter refused:\n{stderr}");
 }
+
+#[test]
+fn world_writable_plugin_files_and_folders_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    let plugin = sandbox.plugins_dir().join("libsandbox.so");
+    // A copy, not a link: the modes set below must not reach the built library.
+    std::fs::copy(built_plugin("iapd-plugin-sandbox"), &plugin).unwrap();
+    let config = sandbox.write_config("[stores.sandbox]\nplugin = \"libsandbox.so\"\n");
+    let config = config.to_str().unwrap();
+    let set_mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let (plugin, folder) = (plugin.canonicalize().unwrap(), sandbox.plugins_dir().canonicalize().unwrap());
+    set_mode(&plugin, 0o755);
+    set_mode(&folder, 0o755);
+    let (ok, stdout, stderr) = run_iapd(&["--config", config, "plugins"], &[]);
+    assert!(ok, "refused with safe modes:\n{stdout}{stderr}");
+
+    let cases = [
+        (&plugin, 0o666, format!("plugin `{}`: the file is writable by every user (mode 0666)", plugin.display())),
+        (
+            &folder,
+            0o777,
+            format!(
+                "plugin `{}`: its folder `{}` is writable by every user (mode 0777)",
+                plugin.display(),
+                folder.display()
+            ),
+        ),
+    ];
+    for (path, mode, expected) in cases {
+        set_mode(path, mode);
+        let (ok, stdout, _) = run_iapd(&["--config", config, "plugins"], &[]);
+        assert!(!ok && stdout.contains(&format!("refused: {expected}")), "`{expected}` missing:\n{stdout}");
+        let (ok, _, stderr) = run_iapd(&["--config", config, "check-config"], &[]);
+        assert!(!ok && stderr.contains(&expected), "`{expected}` missing:\n{stderr}");
+        set_mode(path, 0o755);
+    }
+}
