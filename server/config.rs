@@ -107,9 +107,8 @@ fn default_plugin_threads() -> usize {
 }
 
 /// Where a secret's value comes from: a table with exactly one of `env`,
-/// `file` or `value`.
-/// Values never appear in logs or errors, so neither `Debug` nor the
-/// deserializer's errors show what was written.
+/// `file` or `value`. Values never appear in logs or errors, so neither
+/// `Debug` nor the deserializer's errors show what was written.
 #[derive(Clone)]
 pub enum SecretSource {
     /// An environment variable's value.
