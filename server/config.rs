@@ -28,7 +28,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError { key: key.into(), reason: reason.into() }
     }
 }
@@ -121,9 +121,10 @@ fn default_plugin_threads() -> usize {
     2
 }
 
-/// Where a secret's value comes from. Values never appear in logs or errors.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
+/// Where a secret's value comes from: a table with exactly one of `env`,
+/// `file` or `value`. Values never appear in logs or errors, so neither
+/// `Debug` nor the deserializer's errors show what was written.
+#[derive(Clone)]
 pub enum SecretSource {
     /// An environment variable's value.
     Env(String),
@@ -131,6 +132,127 @@ pub enum SecretSource {
     File(PathBuf),
     /// The value itself (for local development only).
     Value(String),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Env(var) => f.debug_tuple("Env").field(var).finish(),
+            SecretSource::File(path) => f.debug_tuple("File").field(path).finish(),
+            SecretSource::Value(_) => f.write_str("Value([redacted])"),
+        }
+    }
+}
+
+const SECRET_SOURCES: &[&str] = &["env", "file", "value"];
+
+impl<'de> Deserialize<'de> for SecretSource {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(SourceVisitor)
+    }
+}
+
+/// Refuses the scalars serde would otherwise describe with their value: a
+/// string written where a source table belongs is most likely the secret.
+macro_rules! refuse_scalars_unseen {
+    ($($method:ident($type:ty) => $found:literal),* $(,)?) => {
+        $(
+            fn $method<E: serde::de::Error>(self, _: $type) -> Result<Self::Value, E> {
+                Err(E::custom(format_args!("invalid type: found {}, expected {}", $found, Expecting(&self))))
+            }
+        )*
+    };
+}
+
+/// Formats a visitor's `expecting`.
+struct Expecting<'a, V>(&'a V);
+
+impl<'de, V: serde::de::Visitor<'de>> fmt::Display for Expecting<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
+    }
+}
+
+struct SourceVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SourceVisitor {
+    type Value = SecretSource;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a table with one of `env`, `file` or `value`, such as { env = \"VAR\" }")
+    }
+
+    refuse_scalars_unseen! {
+        visit_bool(bool) => "a boolean",
+        visit_i64(i64) => "an integer",
+        visit_i128(i128) => "an integer",
+        visit_u64(u64) => "an integer",
+        visit_u128(u128) => "an integer",
+        visit_f64(f64) => "a float",
+        visit_char(char) => "a string",
+        visit_str(&str) => "a string",
+        visit_bytes(&[u8]) => "bytes",
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SecretSource, A::Error> {
+        let mut source = None;
+        let mut first = String::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let kind = match name.as_str() {
+                "env" => SecretSource::Env,
+                "file" => |text: String| SecretSource::File(PathBuf::from(text)),
+                "value" => SecretSource::Value,
+                _ => return Err(serde::de::Error::unknown_field(&name, SECRET_SOURCES)),
+            };
+            // Two sources would leave one silently unused.
+            if source.is_some() {
+                return Err(serde::de::Error::custom(format_args!(
+                    "has two sources, `{first}` and `{name}`: give exactly one of `env`, `file` or `value`"
+                )));
+            }
+            source = Some(kind(map.next_value::<SecretText>()?.0));
+            first = name;
+        }
+        source.ok_or_else(|| serde::de::Error::custom("is empty: give exactly one of `env`, `file` or `value`"))
+    }
+}
+
+/// The text of a source (a variable name, a path or the value), refused
+/// without echoing it when it is not a string.
+struct SecretText(String);
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_string(TextVisitor)
+    }
+}
+
+struct TextVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TextVisitor {
+    type Value = SecretText;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    refuse_scalars_unseen! {
+        visit_bool(bool) => "a boolean",
+        visit_i64(i64) => "an integer",
+        visit_i128(i128) => "an integer",
+        visit_u64(u64) => "an integer",
+        visit_u128(u128) => "an integer",
+        visit_f64(f64) => "a float",
+        visit_bytes(&[u8]) => "bytes",
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<SecretText, E> {
+        Ok(SecretText(text.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, text: String) -> Result<SecretText, E> {
+        Ok(SecretText(text))
+    }
 }
 
 /// The validated configuration.
@@ -263,9 +385,11 @@ impl Config {
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         let base = match &sources.file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
+                // Opened here so that an unreadable file is refused as such;
+                // figment reads it again and names it in its errors.
+                std::fs::File::open(path)
                     .map_err(|err| ConfigError::new("--config", format!("cannot read `{}`: {err}", path.display())))?;
-                Toml::string(&text)
+                Toml::file_exact(path)
             }
             None => Toml::string(DEFAULTS),
         };
@@ -428,6 +552,49 @@ fn valid_store_id(id: &str) -> bool {
 
 fn figment_error(err: figment::Error) -> ConfigError {
     let key = if err.path.is_empty() { "(top level)".to_owned() } else { err.path.join(".") };
-    let source = err.metadata.as_ref().map(|meta| format!(" (from {})", meta.name)).unwrap_or_default();
-    ConfigError::new(key, format!("{}{source}", err.kind))
+    let source = match err.metadata.as_ref() {
+        Some(meta) => match &meta.source {
+            Some(figment::Source::File(path)) => format!(" (in `{}`)", path.display()),
+            // The only TOML string is the embedded defaults.
+            _ if meta.name.starts_with(Toml::NAME) => " (in the embedded defaults)".to_owned(),
+            _ => format!(" (from {})", meta.name),
+        },
+        None => String::new(),
+    };
+    let under_secrets = err.path.len() >= 3 && err.path[0] == "stores" && err.path[2] == "secrets";
+    let reason = if under_secrets { without_values(&err.kind) } else { without_excerpt(&err.kind.to_string()) };
+    ConfigError::new(key, format!("{reason}{source}"))
+}
+
+/// An error under `secrets` without the value serde found: a value in the
+/// wrong place there is most likely the secret itself.
+fn without_values(kind: &figment::error::Kind) -> String {
+    use figment::error::{Actual, Kind};
+    let shape = |actual: &Actual| match actual {
+        Actual::Bool(_) => "a boolean".to_owned(),
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer".to_owned(),
+        Actual::Float(_) => "a float".to_owned(),
+        Actual::Char(_) | Actual::Str(_) => "a string".to_owned(),
+        Actual::Bytes(_) => "bytes".to_owned(),
+        Actual::Other(_) => "a value".to_owned(),
+        other => other.to_string(),
+    };
+    match kind {
+        Kind::InvalidType(actual, expected) => format!("invalid type: found {}, expected {expected}", shape(actual)),
+        Kind::InvalidValue(actual, expected) => format!("invalid value: found {}, expected {expected}", shape(actual)),
+        Kind::UnknownVariant(_, expected) => format!("unknown variant, expected one of {}", expected.join(", ")),
+        Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "integer out of range".to_owned(),
+        Kind::Unsupported(actual) => format!("unsupported type {}", shape(actual)),
+        Kind::UnsupportedKey(actual, needed) => format!("unsupported key type {}, need {needed}", shape(actual)),
+        other => other.to_string(),
+    }
+}
+
+/// A TOML syntax error with its position and reason, but not the excerpt
+/// of the file it quotes, which may be a secret's line.
+fn without_excerpt(message: &str) -> String {
+    let is_excerpt =
+        |line: &str| line.trim_start().trim_start_matches(|c: char| c.is_ascii_digit()).trim_start().starts_with('|');
+    let lines: Vec<&str> = message.lines().filter(|line| !line.trim().is_empty() && !is_excerpt(line)).collect();
+    lines.join(": ")
 }

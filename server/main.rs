@@ -35,7 +35,6 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -48,6 +47,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    init_tracing()?;
     let config = Config::load(&Sources { file: cli.config.clone() }).context("invalid configuration")?;
     match cli.command {
         Command::Serve { listen } => serve(config, listen),
@@ -56,10 +56,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IAPD_LOG").unwrap_or_else(|_| "info".into());
+/// Logs at `IAPD_LOG`'s filter, `info` when it is unset. A filter that does
+/// not parse is refused: falling back would hide the logs the operator asked for.
+fn init_tracing() -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("IAPD_LOG") {
+        Err(std::env::VarError::NotPresent) => EnvFilter::new("info"),
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("IAPD_LOG is not valid UTF-8"),
+        Ok(directives) => EnvFilter::builder()
+            .parse(&directives)
+            // The parser's error repeats its source's text: show it once.
+            .map_err(|err| anyhow::anyhow!("IAPD_LOG `{directives}` is not a log filter: {err}"))?,
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -2,6 +2,8 @@
 # Runs every check and test of iapd, installing what they need first.
 # Usage: bash tests/run.sh   (the README's test command; CI runs it too)
 set -euo pipefail
+# iapd refuses world-writable plugin files and folders, which the tests make.
+umask 022
 cd "$(dirname "$0")/.."
 root=$PWD
 tools="$root/.tools"

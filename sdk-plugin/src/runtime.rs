@@ -22,6 +22,24 @@ use crate::{Ctx, HostServices, Store, proto};
 
 type CallFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, PluginError>> + Send>>;
 
+/// Deserializes the store's `[stores.<id>.config]` table, naming the field
+/// that is wrong by its key, `stores.<id>.config.retry.max_attempts`.
+fn parse_config<C: serde::de::DeserializeOwned>(config: &proto::PluginConfig) -> Result<C, PluginError> {
+    let key = |path: &str| format!("config key `stores.{}.config{path}`", config.store_id);
+    let json = if config.config_json.trim().is_empty() { "{}" } else { &config.config_json };
+    let table: serde_json::Value = serde_json::from_str(json)
+        .map_err(|err| PluginError::invalid_argument(format!("{}: not json: {err}", key(""))))?;
+    // From a `Value`, serde_json's errors carry no line and column: those
+    // would point into the JSON the host made, not the operator's TOML.
+    serde_path_to_error::deserialize(table).map_err(|err| {
+        let path = match err.path().iter().next() {
+            None => String::new(),
+            Some(_) => format!(".{}", err.path()),
+        };
+        PluginError::invalid_argument(format!("{}: {}", key(&path), err.inner()))
+    })
+}
+
 /// One plugin instance: the store and its calls in flight.
 pub(crate) struct Runtime<S: Store> {
     store: Arc<S>,
@@ -33,14 +51,7 @@ type CallTable = Mutex<HashMap<u64, Arc<Task>>>;
 
 impl<S: Store> Runtime<S> {
     pub(crate) fn new(config: &proto::PluginConfig, host: Arc<dyn HostServices>) -> Result<Self, PluginError> {
-        let store_config: S::Config = if config.config_json.trim().is_empty() {
-            serde_json::from_str("{}")
-        } else {
-            serde_json::from_str(&config.config_json)
-        }
-        .map_err(|err| {
-            PluginError::invalid_argument(format!("config key `stores.{}.config`: {err}", config.store_id))
-        })?;
+        let store_config = parse_config::<S::Config>(config)?;
         let init = crate::InitContext { store_id: config.store_id.clone(), host: host.clone() };
         let store = S::new(store_config, &init)?;
         Ok(Runtime { store: Arc::new(store), host, calls: Arc::default() })

@@ -231,3 +231,55 @@ fn many_calls_woken_from_many_threads_each_complete_exactly_once() {
     }
     assert_eq!(runtime.calls_in_flight(), 0);
 }
+
+/// A store with a nested config, to see how its errors name the field.
+struct ConfigStore;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // deserialized, never read
+struct NestedConfig {
+    packages: Vec<String>,
+    #[serde(default)]
+    retry: crate::retry::Retry,
+}
+
+impl Store for ConfigStore {
+    const NAME: &'static std::ffi::CStr = c"config_test";
+    const CAPABILITIES: u64 = abi::CAP_VERIFY;
+    type Config = NestedConfig;
+
+    fn info() -> proto::PluginInfo {
+        proto::PluginInfo::default()
+    }
+
+    fn new(_: Self::Config, _: &InitContext) -> Result<Self, PluginError> {
+        Ok(ConfigStore)
+    }
+
+    async fn verify(&self, _: &Ctx, _: proto::VerifyRequest) -> Result<proto::VerifyResponse, PluginError> {
+        Err(PluginError::unimplemented("not called"))
+    }
+}
+
+#[test]
+fn config_errors_name_the_field_by_its_key_not_a_json_position() {
+    let cases = [
+        (
+            r#"{"packages": [], "retry": {"max_attempts": "x"}}"#,
+            "config key `stores.test.config.retry.max_attempts`: invalid type: string \"x\", expected usize",
+        ),
+        (r#"{"packages": ["a", 5]}"#, "config key `stores.test.config.packages[1]`: invalid type: integer `5`"),
+        (
+            r#"{"packages": [], "retry": {"tries": 1}}"#,
+            "config key `stores.test.config.retry.tries`: unknown field `tries`",
+        ),
+        ("", "config key `stores.test.config`: missing field `packages`"),
+    ];
+    for (json, expected) in cases {
+        let err = crate::kit::builder().config_json(json).build::<ConfigStore>().unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().starts_with(expected), "`{expected}` expected for {json}, got: {err}");
+        assert!(!err.message().contains("line"), "a position in the JSON: {err}");
+    }
+}

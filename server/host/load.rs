@@ -1,14 +1,29 @@
 //! Deciding whether a file is a plugin this server can run, before and after
 //! loading it. The checks run in a fixed order and stop at the first failure
-//! with the path and the found and expected values.
+//! with the path and the found and expected values: the modes of the file
+//! and its folder, the symbol table, (the loader), the descriptor; at
+//! start-up, the store's secret names.
 
 use std::path::{Path, PathBuf};
 
 use iapd_sdk_plugin::abi;
 
+use crate::config::ConfigError;
+
 /// Why a plugin was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// Every user may write the file or its folder, so any of them could
+    /// change the code the server runs.
+    #[error("plugin `{path}`: {what} is writable by every user (mode {mode:04o}); only its owner may write it")]
+    WorldWritable {
+        /// The file.
+        path: PathBuf,
+        /// `the file` or `its folder `<folder>``.
+        what: String,
+        /// The permission bits found.
+        mode: u32,
+    },
     /// The file could not be read to check its symbols.
     #[error("plugin `{path}`: cannot read the file: {source}")]
     Unreadable {
@@ -67,6 +82,9 @@ pub enum LoadError {
         /// What is wrong, with found and expected values.
         problem: String,
     },
+    /// The store's configuration does not fit the plugin.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The plugin could not create its instance.
     #[error("plugin `{path}` ({name}) failed to start: {message}")]
     Init {
@@ -77,6 +95,31 @@ pub enum LoadError {
         /// The plugin's message (with secrets redacted).
         message: String,
     },
+}
+
+/// Refuses a plugin file, or a plugin folder, that every user may write. The
+/// first check: it runs before the file is read.
+#[cfg(unix)]
+pub(crate) fn check_modes(path: &Path) -> Result<(), LoadError> {
+    use std::os::unix::fs::PermissionsExt;
+    let folder = path.parent().unwrap_or(Path::new("/"));
+    for (target, what) in [(path, "the file".to_owned()), (folder, format!("its folder `{}`", folder.display()))] {
+        let mode = std::fs::metadata(target)
+            .map_err(|source| LoadError::Unreadable { path: path.to_owned(), source })?
+            .permissions()
+            .mode()
+            & 0o7777;
+        if mode & 0o002 != 0 {
+            return Err(LoadError::WorldWritable { path: path.to_owned(), what, mode });
+        }
+    }
+    Ok(())
+}
+
+/// Without Unix permission bits there is no world-writable mode to refuse.
+#[cfg(not(unix))]
+pub(crate) fn check_modes(_path: &Path) -> Result<(), LoadError> {
+    Ok(())
 }
 
 /// Reads the library's dynamic symbol table, without loading it, and checks
@@ -195,4 +238,21 @@ pub(crate) fn check_descriptor(path: &Path, info: &DescriptorInfo) -> Result<(),
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Refuses configured secrets the plugin does not declare (`PluginInfo.secrets`):
+/// a misspelt name would otherwise be accepted and never read.
+pub(crate) fn check_secrets<'a>(
+    store_id: &str,
+    configured: impl IntoIterator<Item = &'a String>,
+    declared: &[String],
+) -> Result<(), LoadError> {
+    let Some(unknown) = configured.into_iter().find(|name| !declared.contains(name)) else { return Ok(()) };
+    let reason = if declared.is_empty() {
+        "the plugin declares no secrets".to_owned()
+    } else {
+        let names: Vec<String> = declared.iter().map(|name| format!("`{name}`")).collect();
+        format!("the plugin declares only {}", names.join(", "))
+    };
+    Err(ConfigError::new(format!("stores.{store_id}.secrets.{unknown}"), reason).into())
 }

@@ -61,6 +61,7 @@ pub fn inspect(path: &Path) -> Result<PluginMeta, LoadError> {
 }
 
 fn open_checked(path: &Path) -> Result<(PluginMeta, ffi::Descriptor), LoadError> {
+    load::check_modes(path)?;
     load::check_symbols(path)?;
     let (descriptor, info) = ffi::open(path)?;
     load::check_descriptor(path, &info)?;
@@ -170,6 +171,7 @@ impl StorePlugin {
                 ),
             });
         }
+        load::check_secrets(id, store.secrets.keys(), &meta.info.secrets)?;
 
         let mut origins = Vec::new();
         for text in &meta.info.allowed_origins {

@@ -82,7 +82,7 @@ impl Store for Faulty {
             display_name: "Faulty (test)".to_owned(),
             methods: vec![iapd_sdk_plugin::abi::method::VERIFY.to_owned()],
             allowed_origins: Vec::new(),
-            secrets: Vec::new(),
+            secrets: vec!["token".to_owned()],
             proof_kinds: vec!["purchase_token".to_owned()],
         }
     }
