@@ -36,15 +36,15 @@ pub struct GooglePlay {
     lookups: SingleFlight<(String, String, String), Result<Answer, PluginError>>,
 }
 
+/// The secret holding the service-account JSON key.
+const SERVICE_ACCOUNT: &str = "service_account";
+
 /// `[stores.<id>.config]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The package names this key may serve.
     packages: Vec<String>,
-    /// The secret holding the service-account JSON key.
-    #[serde(default = "default_secret")]
-    service_account_secret: String,
     /// The API's origin (an emulator's in tests).
     #[serde(default = "default_api_root")]
     api_root: String,
@@ -80,9 +80,6 @@ enum AccountIdHash {
     Sha256,
 }
 
-fn default_secret() -> String {
-    "service_account".to_owned()
-}
 fn default_api_root() -> String {
     "https://androidpublisher.googleapis.com".to_owned()
 }
@@ -106,7 +103,7 @@ impl Store for GooglePlay {
             display_name: "Google Play".into(),
             methods: vec![],
             allowed_origins: vec![default_api_root(), "https://oauth2.googleapis.com".into()],
-            secrets: vec![default_secret()],
+            secrets: vec![SERVICE_ACCOUNT.into()],
             proof_kinds: vec!["purchase_token".into()],
         }
     }
@@ -115,8 +112,9 @@ impl Store for GooglePlay {
         let store = init.store_id();
         checks::packages_listed(&config.packages, store)?;
         config.retry.check(store)?;
-        let key = init.secret(&config.service_account_secret)?;
-        let account = ServiceAccount::parse(&config.service_account_secret, key.expose())?;
+        // The one secret the plugin declares; each store has its own secrets.
+        let key = init.secret(SERVICE_ACCOUNT)?;
+        let account = ServiceAccount::parse(SERVICE_ACCOUNT, key.expose())?;
         let client = Client {
             api_root: config.api_root.clone(),
             tokens: TokenSource::new(account),
