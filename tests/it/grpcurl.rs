@@ -85,6 +85,11 @@ fn reflection_v1_and_health_per_store() {
     // grpcurl tries reflection v1 first; -use-reflection is the default.
     let (ok, output) = run(&format!("grpcurl -plaintext {address} describe iapd.v1.Verdict"));
     assert!(ok && output.contains("VERDICT_NOT_FOUND = 5;"), "{output}");
+    // Google's google.rpc files are served whole, for decoding error details.
+    for symbol in ["google.rpc.Status", "google.rpc.ErrorInfo", "google.rpc.QuotaFailure"] {
+        let (ok, output) = run(&format!("grpcurl -plaintext {address} describe {symbol}"));
+        assert!(ok && output.contains(&format!("{symbol} is a message:")), "describe {symbol}:\n{output}");
+    }
     // Both reflection versions answer, each called explicitly.
     for version in ["v1", "v1alpha"] {
         let (ok, output) = run(&format!(
