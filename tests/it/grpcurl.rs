@@ -85,6 +85,11 @@ fn reflection_v1_and_health_per_store() {
     // grpcurl tries reflection v1 first; -use-reflection is the default.
     let (ok, output) = run(&format!("grpcurl -plaintext {address} describe iapd.v1.Verdict"));
     assert!(ok && output.contains("VERDICT_NOT_FOUND = 5;"), "{output}");
+    // Google's google.rpc files are served whole, for decoding error details.
+    for symbol in ["google.rpc.Status", "google.rpc.ErrorInfo", "google.rpc.QuotaFailure"] {
+        let (ok, output) = run(&format!("grpcurl -plaintext {address} describe {symbol}"));
+        assert!(ok && output.contains(&format!("{symbol} is a message:")), "describe {symbol}:\n{output}");
+    }
     // Both reflection versions answer, each called explicitly.
     for version in ["v1", "v1alpha"] {
         let (ok, output) = run(&format!(
@@ -96,4 +101,23 @@ fn reflection_v1_and_health_per_store() {
         "grpcurl -plaintext -d '{{\"service\": \"iapd.v1.PurchaseService/nope\"}}' {address} grpc.health.v1.Health/Check"
     ));
     assert!(!ok && output.contains("Code: NotFound"), "an unknown store has no health entry:\n{output}");
+}
+
+/// The README's deadline example, run 20 times: each must show its
+/// `ErrorInfo` decoded. The answer comes a few tens of milliseconds before
+/// grpcurl's own deadline, too late for a reflection lookup of the detail
+/// type after it, so this holds only because reflection hands grpcurl the
+/// `google.rpc` files with the service's, before the call.
+#[test]
+fn the_deadline_example_decodes_its_details_every_time() {
+    let server = Server::start(None, &[]);
+    let example = readme_lines(|line| {
+        line.starts_with("grpcurl ") && line.contains("localhost:50051") && line.ends_with("# fails: DeadlineExceeded")
+    });
+    assert_eq!(example.len(), 1, "the README's deadline example: {example:?}");
+    let decoded = "{\"@type\":\"type.googleapis.com/google.rpc.ErrorInfo\",\"domain\":\"iapd\"";
+    for attempt in 1..=20 {
+        let output = run_all(&example, |command| command.replace("localhost:50051", &server.address.to_string()));
+        assert!(output[0].contains(decoded), "run {attempt} of 20 did not decode its ErrorInfo:\n{}", output[0]);
+    }
 }

@@ -8,13 +8,13 @@ mod abi; // plugins in C and misbehaving plugins: loading, refusals, panics, all
 mod api; // every RPC through a tonic client against the sandbox store
 mod app_store; // the App Store plugin in the real binary against its emulator, and Apple's Python library
 mod cafe_bazaar; // the Cafe Bazaar plugin in the real binary against its emulator
+mod clients; // clients made from proto/ in Python, Go and Node, reading error details
 mod config; // configuration errors, env overrides, check-config, plugins
 mod google_play; // the Google Play plugin in the real binary against the emulator, and Google's Python client
 mod grpcurl; // the README's grpcurl examples, reflection and health, run literally
 mod in_process; // the server as a library: serve() on port 0 with a shutdown future
 mod invariants; // architecture invariants from ARCHITECTURE.md
 mod proto_lint; // buf lint on the public API
-mod python_client; // a Python client generated with grpcio-tools
 mod samsung; // the Samsung plugin in the real binary against its emulator, and the README's Samsung walkthrough
 mod support;
 mod transport; // connections and the call contract under hostile clients, over raw HTTP/2
