@@ -42,6 +42,67 @@ struct RawConfig {
     plugins: RawPlugins,
     #[serde(default)]
     stores: BTreeMap<String, RawStore>,
+    #[serde(default)]
+    ledger: RawLedger,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLedger {
+    enabled: bool,
+    url: Option<String>,
+    data_dir: PathBuf,
+    max_connections: u32,
+    migrate_on_start: bool,
+    apps: BTreeMap<String, RawLedgerApp>,
+}
+
+impl Default for RawLedger {
+    fn default() -> Self {
+        RawLedger {
+            enabled: true,
+            url: None,
+            data_dir: PathBuf::from("iapd-data"),
+            max_connections: 16,
+            migrate_on_start: true,
+            apps: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedgerApp {
+    #[serde(default)]
+    claims: ClaimPolicy,
+}
+
+/// What a Verify by another user does to a purchase someone owns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimPolicy {
+    /// The verdict is VERDICT_CLAIMED_BY_OTHER_USER (the default).
+    #[default]
+    Reject,
+    /// The purchase moves to the new user.
+    Transfer,
+    /// Both users hold it.
+    Share,
+}
+
+/// The ledger's settings, from `ledger.*`.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// The database URL; the embedded SQLite file when `None`.
+    pub url: Option<String>,
+    /// Where the embedded SQLite file lives.
+    pub data_dir: PathBuf,
+    /// Connections to PostgreSQL at once.
+    pub max_connections: u32,
+    /// Whether `serve` applies the migrations at start-up.
+    pub migrate_on_start: bool,
+    /// The claims policy per app id.
+    pub claims: BTreeMap<String, ClaimPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,6 +337,8 @@ pub struct Config {
     pub plugins_dir: PathBuf,
     /// The stores, by id.
     pub stores: BTreeMap<String, StoreConfig>,
+    /// The ledger; `None` when `ledger.enabled` is false.
+    pub ledger: Option<LedgerConfig>,
 }
 
 /// The limits on connections, from `server.*`.
@@ -461,8 +524,30 @@ impl Config {
             },
             plugins_dir,
             stores,
+            ledger: validate_ledger(raw.ledger)?,
         })
     }
+}
+
+fn validate_ledger(raw: RawLedger) -> Result<Option<LedgerConfig>, ConfigError> {
+    if !raw.enabled {
+        return Ok(None);
+    }
+    if raw.max_connections == 0 {
+        return Err(ConfigError::new("ledger.max_connections", "must be at least 1"));
+    }
+    if let Some(url) = &raw.url
+        && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        return Err(ConfigError::new("ledger.url", "must start with sqlite: or postgres://"));
+    }
+    Ok(Some(LedgerConfig {
+        url: raw.url.filter(|url| !url.is_empty()),
+        data_dir: raw.data_dir,
+        max_connections: raw.max_connections,
+        migrate_on_start: raw.migrate_on_start,
+        claims: raw.apps.into_iter().map(|(app, settings)| (app, settings.claims)).collect(),
+    }))
 }
 
 fn validate_store(key: &str, store: RawStore, plugins_dir: &Path) -> Result<StoreConfig, ConfigError> {

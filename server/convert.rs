@@ -140,6 +140,27 @@ pub(crate) fn verify_response(answer: plugin::VerifyResponse, origin: &Origin<'_
             account_binding: purchase.account_binding,
             raw_store_response: purchase.raw_store_response,
         }),
+        ledger: None,
+    }
+}
+
+/// The ledger's record as the API shows it.
+pub(crate) fn ledger_entry(recorded: &crate::ledger::Recorded) -> pb::LedgerEntry {
+    use crate::ledger::Claim;
+    let claim = match recorded.claim {
+        Claim::NoUser => pb::Claim::NoUser,
+        Claim::New => pb::Claim::New,
+        Claim::Owner => pb::Claim::Owner,
+        Claim::Shared => pb::Claim::Shared,
+        Claim::Transferred => pb::Claim::Transferred,
+        Claim::ClaimedByOther => pb::Claim::OtherUser,
+        Claim::NotClaimable => pb::Claim::NotClaimable,
+    };
+    pb::LedgerEntry {
+        purchase_id: recorded.purchase_id.clone(),
+        first_seen_time: timestamp(recorded.first_seen_ms),
+        seen_before: recorded.seen_before,
+        claim: claim.into(),
     }
 }
 

@@ -75,6 +75,11 @@ pub enum ApiError {
     CallDeadlineExceeded,
     /// The shutdown grace ended while the call was running.
     ShuttingDown,
+    /// The ledger could not record the decision, so none is given.
+    LedgerUnavailable {
+        /// What the database said (logged, not sent).
+        detail: String,
+    },
     /// The plugin answered with something that does not decode.
     MalformedAnswer {
         /// The store id.
@@ -188,6 +193,16 @@ impl From<ApiError> for Status {
                 Status::with_error_details(
                     Code::Unavailable,
                     "the server is shutting down and its grace period ended before this call did; retry elsewhere",
+                    details,
+                )
+            }
+            ApiError::LedgerUnavailable { detail } => {
+                tracing::error!(detail, "the ledger could not record a decision");
+                let mut details = ErrorDetails::with_error_info("LEDGER_UNAVAILABLE", DOMAIN, HashMap::new());
+                details.set_retry_info(Some(Duration::from_secs(1)));
+                Status::with_error_details(
+                    Code::Unavailable,
+                    "the ledger is unavailable, so nothing was recorded and no verdict is given; retry",
                     details,
                 )
             }

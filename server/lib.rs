@@ -10,6 +10,7 @@ mod convert;
 pub mod error;
 pub mod host;
 mod layers;
+pub mod ledger;
 mod service;
 mod transport;
 mod validate;
@@ -50,6 +51,9 @@ pub enum ServeError {
     /// The listener's address could not be read.
     #[error("cannot read the listener's address: {0}")]
     Listener(#[from] std::io::Error),
+    /// The ledger could not be opened.
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
     /// The API's descriptor set does not decode (a build defect).
     #[error("cannot read the api's descriptor set: {0}")]
     Descriptors(#[from] prost::DecodeError),

@@ -31,6 +31,8 @@ enum Command {
     CheckConfig,
     /// Lists each configured plugin: ABI version, capabilities, path.
     Plugins,
+    /// Applies the ledger's migrations to its database, then exits.
+    Migrate,
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { listen } => serve(config, listen),
         Command::CheckConfig => check_config(&config),
         Command::Plugins => list_plugins(&config),
+        Command::Migrate => migrate(&config),
     }
 }
 
@@ -127,6 +130,13 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
+}
+
+fn migrate(config: &Config) -> anyhow::Result<()> {
+    let settings = config.ledger.as_ref().context("the ledger is off (ledger.enabled = false): nothing to migrate")?;
+    let ledger = runtime()?.block_on(iapd::ledger::Ledger::open(settings, true))?;
+    println!("ledger at {}: migrations applied", ledger.url());
+    Ok(())
 }
 
 /// Starts every store as `serve` would (so plugins check their own

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::host::{PluginHost, StorePlugin};
+use crate::ledger::{self, Ledger};
 use crate::pb::purchase_service_server::{PurchaseService, PurchaseServiceServer};
 use crate::{ServeError, convert, layers, pb, transport, validate};
 
@@ -21,13 +22,47 @@ use crate::{ServeError, convert, layers, pb, transport, validate};
 #[derive(Debug, Clone)]
 pub struct PurchaseApi {
     host: Arc<PluginHost>,
+    ledger: Option<Ledger>,
     default_timeout: Duration,
 }
 
 impl PurchaseApi {
-    /// A service over started stores.
-    pub fn new(host: Arc<PluginHost>, config: &Config) -> Self {
-        PurchaseApi { host, default_timeout: config.default_timeout }
+    /// A service over started stores, recording into `ledger` if given.
+    pub fn new(host: Arc<PluginHost>, ledger: Option<Ledger>, config: &Config) -> Self {
+        PurchaseApi { host, ledger, default_timeout: config.default_timeout }
+    }
+
+    /// Records a Verify's decision in the ledger before it is answered; a
+    /// purchase another user owns becomes VERDICT_CLAIMED_BY_OTHER_USER.
+    async fn record(
+        &self,
+        request: &pb::VerifyRequest,
+        proof: &pb::PurchaseProof,
+        answer: &mut pb::VerifyResponse,
+        deadline: Instant,
+    ) -> Result<(), ApiError> {
+        let Some(ledger) = &self.ledger else { return Ok(()) };
+        let observation = ledger::Observation {
+            store: &request.store,
+            app_id: &request.app_id,
+            product_id: &request.product_id,
+            proof,
+            user_id: &request.user_id,
+            verdict: answer.verdict(),
+            purchase: answer.purchase.as_ref(),
+        };
+        let recorded = tokio::time::timeout_at(deadline.into(), ledger.record(&observation))
+            .await
+            .map_err(|_| ApiError::CallDeadlineExceeded)?
+            .map_err(|err| ApiError::LedgerUnavailable { detail: err.to_string() })?;
+        if recorded.claim == ledger::Claim::ClaimedByOther {
+            answer.set_verdict(pb::Verdict::ClaimedByOtherUser);
+            answer.verdict_reason = "the store says this purchase is real, but another user owns it in iapd's ledger \
+                                     (a replayed proof); do not grant it to this user"
+                .to_owned();
+        }
+        answer.ledger = Some(convert::ledger_entry(&recorded));
+        Ok(())
     }
 
     fn store(&self, id: &str) -> Result<&Arc<StorePlugin>, ApiError> {
@@ -77,16 +112,18 @@ impl PurchaseService for PurchaseApi {
         validate::user_id(&request.user_id)?;
         let origin =
             convert::Origin { store: &request.store, app_id: &request.app_id, product_id: &request.product_id };
-        // The proof and user id move; the ids are still needed for the answer.
+        let proof = request.proof.clone().unwrap_or_default();
         let plugin_request = plugin::VerifyRequest {
             app_id: request.app_id.clone(),
             product_id: request.product_id.clone(),
-            proof: request.proof.map(convert::proof),
-            user_id: request.user_id,
+            proof: request.proof.clone().map(convert::proof),
+            user_id: request.user_id.clone(),
         };
         let answer: plugin::VerifyResponse =
             self.call(store, (abi::CAP_VERIFY, "Verify"), abi::method::VERIFY, plugin_request, deadline).await?;
-        Ok(Response::new(convert::verify_response(answer, &origin)))
+        let mut answer = convert::verify_response(answer, &origin);
+        self.record(&request, &proof, &mut answer, deadline).await?;
+        Ok(Response::new(answer))
     }
 
     async fn acknowledge(
@@ -196,6 +233,17 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let address = listener.local_addr()?;
+    let ledger = match &config.ledger {
+        Some(settings) => {
+            let ledger = Ledger::open(settings, settings.migrate_on_start).await?;
+            tracing::info!(url = ledger.url(), "ledger open");
+            Some(ledger)
+        }
+        None => {
+            tracing::warn!("the ledger is off (ledger.enabled = false): purchases are verified but not recorded");
+            None
+        }
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<PurchaseServiceServer<PurchaseApi>>().await;
     for id in host.store_ids() {
@@ -213,7 +261,7 @@ pub(crate) async fn run(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let api = PurchaseServiceServer::new(PurchaseApi::new(host.clone(), &config))
+    let api = PurchaseServiceServer::new(PurchaseApi::new(host.clone(), ledger, &config))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
 

@@ -42,7 +42,9 @@ fn build_dir() -> PathBuf {
 fn config(stores: &str) -> (Config, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("iapd.toml");
-    let text = format!("[plugins]\ndir = {:?}\n\n{stores}", build_dir().display().to_string());
+    // The ledger has a benchmark of its own; these measure the path without it.
+    let text =
+        format!("[plugins]\ndir = {:?}\n\n{stores}\n[ledger]\nenabled = false\n", build_dir().display().to_string());
     std::fs::write(&path, text).unwrap();
     (Config::load(&Sources { file: Some(path) }).expect("config (build the plugins with --release first)"), dir)
 }
@@ -385,7 +387,7 @@ async fn concurrency() {
     std::fs::write(
         &config_path,
         format!(
-            "[server]\nmax_concurrent_requests = 20000\n\n[plugins]\ndir = {:?}\n\n[stores.slow]\nplugin = \"iapd_test_plugin_faulty\"\nallowed_origins = [\"http://{slow}\"]\nmax_in_flight = 20000\n",
+            "[server]\nmax_concurrent_requests = 20000\n\n[plugins]\ndir = {:?}\n\n[stores.slow]\nplugin = \"iapd_test_plugin_faulty\"\nallowed_origins = [\"http://{slow}\"]\nmax_in_flight = 20000\n\n[ledger]\nenabled = false\n",
             build_dir().display().to_string()
         ),
     )

@@ -76,7 +76,14 @@ impl Sandbox {
     /// Writes a config file whose plugins folder is this sandbox's.
     pub fn write_config(&self, stores_toml: &str) -> PathBuf {
         let path = self.dir.path().join("iapd.toml");
-        let text = format!("[plugins]\ndir = {:?}\n\n{stores_toml}", self.plugins_dir().display().to_string());
+        let mut text = format!("[plugins]\ndir = {:?}\n\n{stores_toml}", self.plugins_dir().display().to_string());
+        // Each test's ledger lives in its own folder.
+        if !stores_toml.contains("[ledger]") {
+            text.push_str(&format!(
+                "\n[ledger]\ndata_dir = {:?}\n",
+                self.dir.path().join("data").display().to_string()
+            ));
+        }
         std::fs::write(&path, text).expect("write config");
         path
     }
@@ -102,6 +109,8 @@ pub struct Server {
     child: Child,
     pub address: SocketAddr,
     logs: Arc<Mutex<String>>,
+    /// The ledger's folder, when the test did not choose one.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -119,6 +128,13 @@ impl Server {
         }
         command.args(["serve", "--listen", "127.0.0.1:0"]);
         command.env("IAPD_LOG", "info,iapd=debug").env_remove("IAPD_CONFIG");
+        // Each server's ledger lives in a folder of its own (on the embedded
+        // defaults it would be the working directory), unless the test says.
+        let data = (!envs.iter().any(|(name, _)| name.starts_with("IAPD_LEDGER__")))
+            .then(|| tempfile::tempdir().expect("ledger folder"));
+        if let Some(data) = &data {
+            command.env("IAPD_LEDGER__DATA_DIR", data.path());
+        }
         for (name, value) in envs {
             command.env(name, value);
         }
@@ -141,7 +157,7 @@ impl Server {
             let _ = address_tx.send(None);
         });
         match address_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(address)) => Ok(Server { child, address, logs }),
+            Ok(Some(address)) => Ok(Server { child, address, logs, _data: data }),
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -1,0 +1,479 @@
+//! The purchase ledger: what iapd has seen of every purchase, who owns it,
+//! and what changed, in SQLite (embedded, the default) or PostgreSQL (shared
+//! by several replicas). Every Verify that reaches a decision is recorded
+//! here, in one transaction, before its answer is sent.
+//!
+//! The ledger knows purchases as the public API normalizes them (`pb`), never
+//! a store's own formats, and nothing of gRPC: its errors become statuses in
+//! `error.rs`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Row};
+
+use crate::config::{ClaimPolicy, LedgerConfig};
+use crate::pb;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("server/ledger/migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("server/ledger/migrations/postgres");
+
+/// Why the ledger could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The database could not be reached at start-up.
+    #[error("cannot open the ledger at {url}: {reason}")]
+    Open {
+        /// The URL, its password removed.
+        url: String,
+        /// What the driver said.
+        reason: String,
+    },
+    /// The schema could not be brought up to date.
+    #[error("cannot migrate the ledger at {url}: {reason}")]
+    Migrate {
+        /// The URL, its password removed.
+        url: String,
+        /// What the migrator said.
+        reason: String,
+    },
+    /// A read or write failed; nothing was recorded.
+    #[error("the ledger is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<sqlx::Error> for LedgerError {
+    fn from(error: sqlx::Error) -> Self {
+        LedgerError::Unavailable(error.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The open ledger.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+    claims: BTreeMap<String, ClaimPolicy>,
+}
+
+/// What a Verify decided, as the ledger records it.
+#[derive(Debug)]
+pub struct Observation<'a> {
+    /// The store id.
+    pub store: &'a str,
+    /// The app.
+    pub app_id: &'a str,
+    /// The product asked about.
+    pub product_id: &'a str,
+    /// The proof as the caller sent it; only its hash is kept.
+    pub proof: &'a pb::PurchaseProof,
+    /// The caller's user id, empty if none.
+    pub user_id: &'a str,
+    /// The verdict.
+    pub verdict: pb::Verdict,
+    /// The purchase as the store described it, if it did.
+    pub purchase: Option<&'a pb::Purchase>,
+}
+
+/// Whose the purchase is, as far as this Verify is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// No user id was given, so nothing was claimed.
+    NoUser,
+    /// This Verify made the caller's user the owner.
+    New,
+    /// The caller's user already owned it.
+    Owner,
+    /// It is shared with the caller's user (policy `share`).
+    Shared,
+    /// It moved to the caller's user (policy `transfer`).
+    Transferred,
+    /// Another user owns it (policy `reject`): the verdict becomes
+    /// VERDICT_CLAIMED_BY_OTHER_USER.
+    ClaimedByOther,
+    /// Not a purchase anyone can own (not found, invalid, canceled...).
+    NotClaimable,
+}
+
+/// What the ledger knows after recording a Verify.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The ledger's id of the purchase.
+    pub purchase_id: String,
+    /// When iapd first saw it (unix millis).
+    pub first_seen_ms: i64,
+    /// Whether it had been seen before this Verify.
+    pub seen_before: bool,
+    /// The claim.
+    pub claim: Claim,
+}
+
+impl Ledger {
+    /// Connects (creating an SQLite file and its folder if needed) and
+    /// applies the migrations if `migrate` is set.
+    pub async fn open(config: &LedgerConfig, migrate: bool) -> Result<Ledger, LedgerError> {
+        sqlx::any::install_default_drivers();
+        let (url, backend) = database_url(config)?;
+        let shown = redact_url(&url);
+        let open_error = |reason: String| LedgerError::Open { url: shown.clone(), reason };
+        if backend == Backend::Sqlite
+            && let Some(folder) = config.sqlite_path().parent()
+        {
+            std::fs::create_dir_all(folder)
+                .map_err(|err| open_error(format!("cannot create folder `{}`: {err}", folder.display())))?;
+        }
+        let options = AnyConnectOptions::from_str(&url).map_err(|err| open_error(err.to_string()))?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { config.max_connections })
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(|err| open_error(err.to_string()))?;
+        if backend == Backend::Sqlite {
+            // WAL lets readers run beside the one writer. It is a setting of
+            // the file, so once is enough; each connection keeps SQLite's
+            // defaults of synchronous = FULL (a commit is durable before the
+            // answer) and sqlx's 5 s busy timeout (writers queue, not fail).
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await.map_err(|err| open_error(err.to_string()))?;
+        }
+        let ledger = Ledger { pool, backend, url: shown, claims: config.claims.clone() };
+        if migrate {
+            ledger.migrate().await?;
+        }
+        Ok(ledger)
+    }
+
+    /// Brings the schema up to date.
+    pub async fn migrate(&self) -> Result<(), LedgerError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|err| LedgerError::Migrate { url: self.url.clone(), reason: err.to_string() })
+    }
+
+    /// The database's URL, its password removed.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Records a Verify's decision and applies the app's claims policy, in
+    /// one transaction: with two replicas racing to claim one purchase for
+    /// two users, exactly one of them becomes its owner.
+    pub async fn record(&self, observation: &Observation<'_>) -> Result<Recorded, LedgerError> {
+        let proof_hash = proof_hash(observation.proof);
+        let store_key = observation
+            .purchase
+            .and_then(|purchase| {
+                [&purchase.transaction_id, &purchase.order_id].into_iter().find(|id| !id.is_empty()).cloned()
+            })
+            .unwrap_or_else(|| format!("proof:{proof_hash}"));
+        let purchase_id = purchase_id(observation.store, observation.app_id, &store_key);
+        let now = now_ms();
+        let verdict = observation.verdict.as_str_name();
+        let purchase = observation.purchase.cloned().unwrap_or_default();
+        let state = purchase.state().as_str_name();
+
+        // SQLite: take the write lock at the start, so that two writers
+        // queue on the busy timeout instead of one failing at its upgrade.
+        let begin = if self.backend == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
+        let mut tx = self.pool.begin_with(begin).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO purchases (purchase_id, store, app_id, product_id, store_key, proof_hash, owner_user_id, \
+             verdict, state, environment, kind, first_seen_ms, last_seen_ms, raw_store_response) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9, $10, $11, $11, $12) \
+             ON CONFLICT (purchase_id) DO NOTHING",
+        )
+        .bind(&purchase_id)
+        .bind(observation.store)
+        .bind(observation.app_id)
+        .bind(observation.product_id)
+        .bind(&store_key)
+        .bind(&proof_hash)
+        .bind(verdict)
+        .bind(state)
+        .bind(purchase.environment().as_str_name())
+        .bind(purchase.kind().as_str_name())
+        .bind(now)
+        .bind(&purchase.raw_store_response)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        // Locks the row (PostgreSQL) for the rest of the transaction, and
+        // reads what it was before this Verify.
+        let row = sqlx::query(
+            "UPDATE purchases SET last_seen_ms = $2 WHERE purchase_id = $1 \
+             RETURNING first_seen_ms, owner_user_id, verdict, state",
+        )
+        .bind(&purchase_id)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let first_seen_ms: i64 = row.try_get("first_seen_ms")?;
+        let owner: Option<String> = row.try_get("owner_user_id")?;
+        let verdict_before: String = row.try_get("verdict")?;
+        let state_before: String = row.try_get("state")?;
+
+        let mut events: Vec<(&str, String)> = Vec::new();
+        if inserted {
+            self.history(&mut tx, &purchase_id, now, "recorded", format!("verdict {verdict}, state {state}")).await?;
+        } else if verdict_before != verdict || state_before != state {
+            sqlx::query(
+                "UPDATE purchases SET verdict = $2, state = $3, raw_store_response = $4 WHERE purchase_id = $1",
+            )
+            .bind(&purchase_id)
+            .bind(verdict)
+            .bind(state)
+            .bind(&purchase.raw_store_response)
+            .execute(&mut *tx)
+            .await?;
+            let change = format!("verdict {verdict_before} -> {verdict}, state {state_before} -> {state}");
+            self.history(&mut tx, &purchase_id, now, "state_changed", change.clone()).await?;
+            events.push(("state_changed", change));
+        }
+
+        let user = observation.user_id;
+        let claimable = matches!(observation.verdict, pb::Verdict::Valid | pb::Verdict::Pending);
+        let claim = if !claimable {
+            Claim::NotClaimable
+        } else if user.is_empty() {
+            Claim::NoUser
+        } else {
+            match owner.as_deref() {
+                None => {
+                    self.set_owner(&mut tx, &purchase_id, user).await?;
+                    self.history(&mut tx, &purchase_id, now, "claimed", format!("by {user}")).await?;
+                    events.push(("claimed", String::new()));
+                    Claim::New
+                }
+                Some(owner) if owner == user => Claim::Owner,
+                Some(owner) => {
+                    let shared = sqlx::query("SELECT 1 FROM purchase_shares WHERE purchase_id = $1 AND user_id = $2")
+                        .bind(&purchase_id)
+                        .bind(user)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .is_some();
+                    match (shared, self.policy(observation.app_id)) {
+                        (true, _) => Claim::Shared,
+                        (false, ClaimPolicy::Reject) => Claim::ClaimedByOther,
+                        (false, ClaimPolicy::Transfer) => {
+                            self.set_owner(&mut tx, &purchase_id, user).await?;
+                            let detail = format!("from {owner} to {user}");
+                            self.history(&mut tx, &purchase_id, now, "transferred", detail).await?;
+                            events.push(("transferred", String::new()));
+                            Claim::Transferred
+                        }
+                        (false, ClaimPolicy::Share) => {
+                            sqlx::query(
+                                "INSERT INTO purchase_shares (purchase_id, user_id, since_ms) VALUES ($1, $2, $3)",
+                            )
+                            .bind(&purchase_id)
+                            .bind(user)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                            self.history(&mut tx, &purchase_id, now, "shared", format!("with {user}")).await?;
+                            events.push(("shared", String::new()));
+                            Claim::Shared
+                        }
+                    }
+                }
+            }
+        };
+        for (kind, detail) in events {
+            self.event(&mut tx, now, observation.app_id, user, kind, &purchase_id, detail).await?;
+        }
+        tx.commit().await?;
+        Ok(Recorded { purchase_id, first_seen_ms, seen_before: !inserted, claim })
+    }
+
+    fn policy(&self, app_id: &str) -> ClaimPolicy {
+        self.claims.get(app_id).copied().unwrap_or_default()
+    }
+
+    async fn set_owner(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        purchase_id: &str,
+        user: &str,
+    ) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE purchases SET owner_user_id = $2 WHERE purchase_id = $1")
+            .bind(purchase_id)
+            .bind(user)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        purchase_id: &str,
+        now: i64,
+        change: &str,
+        detail: String,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO purchase_history (purchase_id, seq, at_ms, change, detail) \
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM purchase_history WHERE purchase_id = $1",
+        )
+        .bind(purchase_id)
+        .bind(now)
+        .bind(change)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends an event. Its number comes from the sequence row, locked until
+    /// the transaction commits, so numbers commit in order on every replica.
+    #[allow(clippy::too_many_arguments)]
+    async fn event(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        now: i64,
+        app_id: &str,
+        user_id: &str,
+        kind: &str,
+        purchase_id: &str,
+        detail: String,
+    ) -> Result<(), LedgerError> {
+        let seq: i64 =
+            sqlx::query("UPDATE ledger_sequence SET value = value + 1 WHERE name = 'events' RETURNING value")
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get("value")?;
+        sqlx::query(
+            "INSERT INTO ledger_events (seq, at_ms, app_id, user_id, kind, purchase_id, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(seq)
+        .bind(now)
+        .bind(app_id)
+        .bind(user_id)
+        .bind(kind)
+        .bind(purchase_id)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The URL to connect to, and which database it is.
+fn database_url(config: &LedgerConfig) -> Result<(String, Backend), LedgerError> {
+    let url = match &config.url {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}?mode=rwc", config.sqlite_path().display()),
+    };
+    let backend = if url.starts_with("sqlite:") {
+        Backend::Sqlite
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Backend::Postgres
+    } else {
+        return Err(LedgerError::Open {
+            url: redact_url(&url),
+            reason: "a ledger url is sqlite:… or postgres://…".to_owned(),
+        });
+    };
+    Ok((url, backend))
+}
+
+/// The URL with its password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("REDACTED"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "(a url that does not parse)".to_owned(),
+    }
+}
+
+/// The ledger's id of a purchase: a hash of where it lives, so that every
+/// replica computes the same id without asking the database.
+fn purchase_id(store: &str, app_id: &str, store_key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{store}\n{app_id}\n{store_key}").as_bytes());
+    format!("pur_{}", hex(&digest.as_ref()[..16]))
+}
+
+/// A hash of the proof: enough to recognize it again, useless to replay.
+fn proof_hash(proof: &pb::PurchaseProof) -> String {
+    use pb::purchase_proof::Proof;
+    let (kind, value) = match &proof.proof {
+        Some(Proof::PurchaseToken(value)) => ("purchase_token", value),
+        Some(Proof::TransactionId(value)) => ("transaction_id", value),
+        Some(Proof::SignedTransaction(value)) => ("signed_transaction", value),
+        Some(Proof::Receipt(value)) => ("receipt", value),
+        Some(Proof::PurchaseId(value)) => ("purchase_id", value),
+        None => ("none", &String::new()),
+    };
+    let mut text = format!("{kind}\n{value}");
+    let parameters: BTreeMap<_, _> = proof.store_parameters.iter().collect();
+    for (key, value) in parameters {
+        text.push_str(&format!("\n{key}={value}"));
+    }
+    hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl LedgerConfig {
+    /// Where the embedded SQLite ledger lives.
+    pub fn sqlite_path(&self) -> std::path::PathBuf {
+        Path::new(&self.data_dir).join("ledger.sqlite3")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_leave_the_url() {
+        let cases = [
+            ("postgres://iapd:s3cret@db.internal:5432/ledger", "postgres://iapd:REDACTED@db.internal:5432/ledger"),
+            ("postgres://iapd@127.0.0.1/ledger", "postgres://iapd@127.0.0.1/ledger"),
+            ("sqlite:///var/lib/iapd/ledger.sqlite3?mode=rwc", "sqlite:///var/lib/iapd/ledger.sqlite3?mode=rwc"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown);
+        }
+    }
+
+    #[test]
+    fn a_purchase_has_one_id_wherever_it_is_computed() {
+        assert_eq!(
+            purchase_id("sandbox", "com.example", "SANDBOX.1"),
+            purchase_id("sandbox", "com.example", "SANDBOX.1")
+        );
+        assert_ne!(
+            purchase_id("sandbox", "com.example", "SANDBOX.1"),
+            purchase_id("sandbox", "com.other", "SANDBOX.1")
+        );
+        assert!(purchase_id("a", "b", "c").starts_with("pur_"));
+    }
+}

@@ -1,0 +1,270 @@
+//! The ledger through the real binary, on the embedded SQLite and on the
+//! machine's PostgreSQL (each test in a database it creates and drops):
+//! claims and their policies, replays, restarts and `kill -9`, two replicas
+//! racing, a database that is unreachable or lost.
+
+use std::process::Command;
+use std::time::Duration;
+
+use iapd::pb::{self, Claim, Verdict};
+use tonic::Code;
+
+use crate::support::{Sandbox, Server, built_plugin, error_info, unique};
+
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Where a test's ledger lives.
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Db {
+    fn sqlite() -> Db {
+        Db::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    /// A fresh PostgreSQL database, dropped with the value.
+    fn postgres() -> Db {
+        let name = unique("iapd_test").replace('-', "_");
+        psql(&format!("CREATE DATABASE {name}"));
+        Db::Postgres(name)
+    }
+
+    fn both() -> [Db; 2] {
+        [Db::sqlite(), Db::postgres()]
+    }
+
+    /// The environment that points iapd at this ledger.
+    fn env(&self) -> (&'static str, String) {
+        match self {
+            Db::Sqlite(dir) => ("IAPD_LEDGER__DATA_DIR", dir.path().display().to_string()),
+            Db::Postgres(name) => ("IAPD_LEDGER__URL", format!("{POSTGRES}/{name}")),
+        }
+    }
+
+    fn start(&self, extra: &[(&str, &str)]) -> Server {
+        self.start_with(None, extra)
+    }
+
+    fn start_with(&self, config: Option<&std::path::Path>, extra: &[(&str, &str)]) -> Server {
+        let (name, value) = self.env();
+        let mut envs = vec![(name, value.as_str())];
+        envs.extend_from_slice(extra);
+        Server::start(config, &envs)
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Db::Postgres(name) = self {
+            psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+fn psql(sql: &str) {
+    let output = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql (the PostgreSQL client) runs");
+    assert!(output.status.success(), "{sql}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn verify_for(app_id: &str, token: &str, user_id: &str) -> pb::VerifyRequest {
+    pb::VerifyRequest {
+        store: "sandbox".into(),
+        app_id: app_id.into(),
+        product_id: "coins_100".into(),
+        proof: crate::support::token(token),
+        user_id: user_id.into(),
+    }
+}
+
+fn ledger_of(answer: &pb::VerifyResponse) -> &pb::LedgerEntry {
+    answer.ledger.as_ref().expect("the answer carries the ledger's record")
+}
+
+#[tokio::test]
+async fn a_purchase_belongs_to_its_first_user_and_a_replay_by_another_is_refused() {
+    for db in Db::both() {
+        let db_name = db.name();
+        let server = db.start(&[]);
+        let mut client = server.client().await;
+        let token = unique("purchased");
+
+        let first = client.verify(verify_for("com.example.game", &token, "alice")).await.unwrap().into_inner();
+        assert_eq!(first.verdict(), Verdict::Valid, "{db_name}");
+        assert_eq!((ledger_of(&first).claim(), ledger_of(&first).seen_before), (Claim::New, false), "{db_name}");
+
+        let again = client.verify(verify_for("com.example.game", &token, "alice")).await.unwrap().into_inner();
+        assert_eq!(again.verdict(), Verdict::Valid, "{db_name}: the owner may verify again");
+        assert_eq!((ledger_of(&again).claim(), ledger_of(&again).seen_before), (Claim::Owner, true), "{db_name}");
+        assert_eq!(ledger_of(&again).first_seen_time, ledger_of(&first).first_seen_time, "{db_name}");
+        assert_eq!(ledger_of(&again).purchase_id, ledger_of(&first).purchase_id, "{db_name}");
+
+        let replay = client.verify(verify_for("com.example.game", &token, "bob")).await.unwrap().into_inner();
+        assert_eq!(replay.verdict(), Verdict::ClaimedByOtherUser, "{db_name}: never a plain valid");
+        assert_eq!(ledger_of(&replay).claim(), Claim::OtherUser, "{db_name}");
+        assert!(!replay.verdict_reason.contains("alice"), "{db_name}: the owner is not disclosed");
+
+        let anonymous = client.verify(verify_for("com.example.game", &token, "")).await.unwrap().into_inner();
+        assert_eq!(ledger_of(&anonymous).claim(), Claim::NoUser, "{db_name}");
+
+        // Not found is recorded too (a fraud signal), but nobody owns it.
+        let forged = client.verify(verify_for("com.example.game", &unique("notfound"), "bob")).await.unwrap();
+        let forged = forged.into_inner();
+        assert_eq!(forged.verdict(), Verdict::NotFound, "{db_name}");
+        assert_eq!(ledger_of(&forged).claim(), Claim::NotClaimable, "{db_name}");
+
+        // The same purchase in another app is another purchase.
+        let other_app = client.verify(verify_for("com.example.other", &token, "bob")).await.unwrap().into_inner();
+        assert_eq!(other_app.verdict(), Verdict::Valid, "{db_name}");
+    }
+}
+
+#[tokio::test]
+async fn the_transfer_and_share_policies_apply_per_app() {
+    for db in Db::both() {
+        let db_name = db.name();
+        let sandbox = Sandbox::new();
+        sandbox.add_plugin(&built_plugin("iapd-plugin-sandbox"), "libiapd_plugin_sandbox.so");
+        let config = sandbox.write_config(
+            "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n\n[ledger]\n\
+             apps = { \"com.example.transfer\" = { claims = \"transfer\" }, \"com.example.share\" = { claims = \"share\" } }\n",
+        );
+        let server = db.start_with(Some(&config), &[]);
+        let mut client = server.client().await;
+        let token = unique("purchased");
+
+        client.verify(verify_for("com.example.transfer", &token, "alice")).await.unwrap();
+        let moved = client.verify(verify_for("com.example.transfer", &token, "bob")).await.unwrap().into_inner();
+        assert_eq!((moved.verdict(), ledger_of(&moved).claim()), (Verdict::Valid, Claim::Transferred), "{db_name}");
+        let back = client.verify(verify_for("com.example.transfer", &token, "bob")).await.unwrap().into_inner();
+        assert_eq!(ledger_of(&back).claim(), Claim::Owner, "{db_name}: bob owns it now");
+
+        client.verify(verify_for("com.example.share", &token, "alice")).await.unwrap();
+        let shared = client.verify(verify_for("com.example.share", &token, "bob")).await.unwrap().into_inner();
+        assert_eq!((shared.verdict(), ledger_of(&shared).claim()), (Verdict::Valid, Claim::Shared), "{db_name}");
+        let owner = client.verify(verify_for("com.example.share", &token, "alice")).await.unwrap().into_inner();
+        assert_eq!(ledger_of(&owner).claim(), Claim::Owner, "{db_name}: alice still owns it");
+    }
+}
+
+#[tokio::test]
+async fn every_answered_verify_is_in_the_ledger_after_kill_9() {
+    for db in Db::both() {
+        let db_name = db.name();
+        let server = db.start(&[]);
+        let client = server.client().await;
+        // Hundreds of calls in flight when the server is killed; those
+        // answered VALID must all be owned by alice after the restart.
+        let calls: Vec<_> = (0..300)
+            .map(|index| {
+                let mut client = client.clone();
+                let token = unique(&format!("slow-{}", index % 50 * 20));
+                tokio::spawn(async move {
+                    let answer = client.verify(verify_for("com.example.game", &token, "alice")).await;
+                    (token, answer)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let pid = server.pid().to_string();
+        assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+        let mut answered = Vec::new();
+        for call in calls {
+            let (token, answer) = call.await.unwrap();
+            if let Ok(answer) = answer
+                && answer.get_ref().verdict() == Verdict::Valid
+            {
+                answered.push(token);
+            }
+        }
+        assert!(answered.len() > 10, "{db_name}: some calls were answered before the kill ({})", answered.len());
+
+        let restarted = db.start(&[]);
+        let mut client = restarted.client().await;
+        for token in &answered {
+            let replay = client.verify(verify_for("com.example.game", token, "bob")).await.unwrap().into_inner();
+            assert_eq!(
+                replay.verdict(),
+                Verdict::ClaimedByOtherUser,
+                "{db_name}: {token} was recorded before its answer"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_racing_to_claim_one_purchase_end_with_one_owner() {
+    let db = Db::postgres();
+    let (one, two) = (db.start(&[]), db.start(&[]));
+    let (client_one, client_two) = (one.client().await, two.client().await);
+    let races: Vec<_> = (0..40)
+        .map(|_| {
+            let token = unique("purchased");
+            let (mut one, mut two) = (client_one.clone(), client_two.clone());
+            tokio::spawn(async move {
+                let alice = one.verify(verify_for("com.example.game", &token, "alice"));
+                let bob = two.verify(verify_for("com.example.game", &token, "bob"));
+                let (alice, bob) = tokio::join!(alice, bob);
+                [alice.unwrap().into_inner().verdict(), bob.unwrap().into_inner().verdict()]
+            })
+        })
+        .collect();
+    for race in races {
+        let mut verdicts = race.await.unwrap();
+        verdicts.sort_by_key(|verdict| *verdict as i32);
+        assert_eq!(verdicts, [Verdict::Valid, Verdict::ClaimedByOtherUser], "exactly one owner");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_database_stops_start_up_naming_the_url_without_its_password() {
+    let logs = Server::try_start(None, &[("IAPD_LEDGER__URL", "postgres://iapd:hunter2@127.0.0.1:1/ledger")])
+        .err()
+        .expect("start-up fails");
+    assert!(logs.contains("cannot open the ledger at postgres://iapd:REDACTED@127.0.0.1:1/ledger"), "{logs}");
+    assert!(!logs.contains("hunter2"), "{logs}");
+}
+
+#[tokio::test]
+async fn a_lost_database_answers_unavailable_and_the_server_recovers_when_it_returns() {
+    let db = Db::postgres();
+    let Db::Postgres(name) = &db else { unreachable!() };
+    let server = db.start(&[]);
+    let mut client = server.client().await;
+    client.verify(verify_for("com.example.game", &unique("purchased"), "alice")).await.unwrap();
+
+    psql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"));
+    psql(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"));
+    let token = unique("purchased");
+    let status = client.verify(verify_for("com.example.game", &token, "alice")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "never a success without a record: {status:?}");
+    assert_eq!(error_info(&status), Some(("LEDGER_UNAVAILABLE".to_owned(), "iapd".to_owned())));
+
+    psql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+    let answer = client.verify(verify_for("com.example.game", &token, "alice")).await.unwrap().into_inner();
+    assert_eq!(answer.verdict(), Verdict::Valid, "the server reconnects by itself");
+    assert!(!ledger_of(&answer).seen_before, "the refused call recorded nothing");
+}
+
+#[test]
+fn migrate_applies_the_schema_and_is_idempotent() {
+    for db in Db::both() {
+        let (name, value) = db.env();
+        for _ in 0..2 {
+            let (ok, stdout, stderr) = crate::support::run_iapd(&["migrate"], &[(name, &value)]);
+            assert!(ok, "{}: {stderr}", db.name());
+            assert!(stdout.contains("migrations applied"), "{stdout}");
+        }
+    }
+}
