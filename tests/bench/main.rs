@@ -3,7 +3,7 @@
 //! that BENCHMARKS.md records.
 //!
 //! Run: `cargo build --release --workspace && cargo bench --features bench-internals --bench bench`
-//! (`... --bench bench -- abi|throughput|concurrency` runs one.)
+//! (`... --bench bench -- abi|throughput|concurrency|latency` runs one.)
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -32,6 +32,9 @@ fn main() {
     if wants("concurrency") {
         runtime.block_on(concurrency());
     }
+    if wants("latency") {
+        runtime.block_on(latency());
+    }
 }
 
 /// The folder of the release build, where the plugins are.
@@ -39,14 +42,62 @@ fn build_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_iapd")).parent().unwrap().to_owned()
 }
 
-fn config(stores: &str) -> (Config, tempfile::TempDir) {
+/// A config file in a temporary folder: the release build's plugins and `rest`.
+fn config_file(rest: &str) -> (PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("iapd.toml");
-    // The ledger has a benchmark of its own; these measure the path without it.
+    // Without the ledger: these measure the path to the stores; the ledger's
+    // cost is measured on its own.
     let text =
-        format!("[plugins]\ndir = {:?}\n\n{stores}\n[ledger]\nenabled = false\n", build_dir().display().to_string());
+        format!("[plugins]\ndir = {:?}\n\n{rest}\n[ledger]\nenabled = false\n", build_dir().display().to_string());
     std::fs::write(&path, text).unwrap();
+    (path, dir)
+}
+
+fn config(stores: &str) -> (Config, tempfile::TempDir) {
+    let (path, dir) = config_file(stores);
     (Config::load(&Sources { file: Some(path) }).expect("config (build the plugins with --release first)"), dir)
+}
+
+/// The real `iapd serve` on a free port of 127.0.0.1, stopped when dropped.
+struct Iapd {
+    child: std::process::Child,
+    address: std::net::SocketAddr,
+}
+
+impl Iapd {
+    fn start(config: &std::path::Path, log_filter: &str) -> Iapd {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_iapd"))
+            .args(["--config", &config.display().to_string(), "serve", "--listen", "127.0.0.1:0"])
+            .env("IAPD_LOG", log_filter)
+            .env_remove("IAPD_CONFIG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = String::new();
+        let address = loop {
+            let Some(Ok(line)) = lines.next() else { panic!("iapd exited:\n{seen}") };
+            if line.contains("iapd serving")
+                && let Some(rest) = line.split("address=").nth(1)
+            {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        };
+        // A full pipe would block iapd's logging.
+        std::thread::spawn(move || lines.for_each(drop));
+        Iapd { child, address }
+    }
+}
+
+impl Drop for Iapd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn verify_request(product: &str, token: &str) -> plugin::VerifyRequest {
@@ -196,7 +247,12 @@ fn public_request() -> pb::VerifyRequest {
 
 /// CPU time this process has used (user + system), from /proc.
 fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_time("self")
+}
+
+/// CPU time process `pid` has used (user + system), from /proc.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line (11 and 12 after the
@@ -382,36 +438,11 @@ async fn concurrency() {
     const CALLS: usize = 10_000;
     const CONNECTIONS: usize = 100;
     let slow = slow_store().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("iapd.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[server]\nmax_concurrent_requests = 20000\n\n[plugins]\ndir = {:?}\n\n[stores.slow]\nplugin = \"iapd_test_plugin_faulty\"\nallowed_origins = [\"http://{slow}\"]\nmax_in_flight = 20000\n\n[ledger]\nenabled = false\n",
-            build_dir().display().to_string()
-        ),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_iapd"))
-        .args(["--config", &config_path.display().to_string(), "serve", "--listen", "127.0.0.1:0"])
-        .env("IAPD_LOG", "warn,iapd::service=info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let address = {
-        use std::io::BufRead;
-        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut lines = stderr.lines();
-        let address = loop {
-            let line = lines.next().expect("iapd exited").unwrap();
-            if let Some(rest) = line.split("address=").nth(1) {
-                break rest.split_whitespace().next().unwrap().parse::<std::net::SocketAddr>().unwrap();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        address
-    };
+    let (config_path, _dir) = config_file(&format!(
+        "[server]\nmax_concurrent_requests = 20000\n\n[stores.slow]\nplugin = \"iapd_test_plugin_faulty\"\nallowed_origins = [\"http://{slow}\"]\nmax_in_flight = 20000\n"
+    ));
+    let iapd = Iapd::start(&config_path, "warn,iapd::service=info");
+    let (pid, address) = (iapd.child.id(), iapd.address);
     let threads_before = proc_status(pid, "Threads:");
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -458,8 +489,7 @@ async fn concurrency() {
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let peak_threads = sampler.join().unwrap();
     let peak_rss_kib = proc_status(pid, "VmHWM:");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(iapd);
     println!("\n(3) {CALLS} concurrent Verifies, each waiting on a 1 s store answer, through the real binary");
     println!("| succeeded | failed | wall time | iapd threads (idle → peak) | iapd peak RSS |");
     println!("|---|---|---|---|---|");
@@ -471,5 +501,384 @@ async fn concurrency() {
     );
     if !failures.is_empty() {
         println!("failures: {failures:?}");
+    }
+}
+
+/// A network store of (5), and what differs between them: the emulator,
+/// iapd's config for it, the proof, and the store request a Verify makes.
+#[derive(Debug, Clone, Copy)]
+enum Network {
+    GooglePlay,
+    CafeBazaar,
+    Samsung,
+    AppStore,
+}
+
+const APPLE_ISSUER: &str = "57246542-96fe-1a63-e053-0824d011072a";
+
+fn fixture(path: &str) -> String {
+    std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)).unwrap()
+}
+
+impl Network {
+    fn store_id(self) -> &'static str {
+        match self {
+            Network::GooglePlay => "google-play",
+            Network::CafeBazaar => "cafe-bazaar",
+            Network::Samsung => "samsung",
+            Network::AppStore => "apple",
+        }
+    }
+
+    fn app_id(self) -> &'static str {
+        match self {
+            Network::GooglePlay | Network::CafeBazaar => "com.example.game",
+            Network::Samsung => "com.example.galaxy",
+            Network::AppStore => "com.example.ios",
+        }
+    }
+
+    /// Where the emulator's state keeps the purchases, the field naming one,
+    /// and the one every caller's copy is made from (a valid coins_100).
+    fn template(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        use iapd_emulators::{app_store, cafe_bazaar, google_play, samsung};
+        match self {
+            Network::GooglePlay => (google_play::DEFAULT_STATE, "purchases", "purchaseToken", "gp-purchased"),
+            Network::CafeBazaar => (cafe_bazaar::DEFAULT_STATE, "purchases", "purchaseToken", "bz-purchased"),
+            Network::Samsung => (samsung::DEFAULT_STATE, "receipts", "purchaseId", "sg-purchased"),
+            Network::AppStore => (app_store::DEFAULT_STATE, "transactions", "transactionId", "2000000000000001"),
+        }
+    }
+
+    /// Caller `index`'s own purchase: concurrent identical lookups share one
+    /// store request in iapd, so callers sharing a purchase would not each
+    /// pay a round trip.
+    fn purchase_id(self, index: usize) -> String {
+        match self {
+            Network::AppStore => format!("3{index:015}"), // Apple's ids are digits
+            _ => format!("bench-{index}"),
+        }
+    }
+
+    /// The emulator on a free port, and the stores' config pointed at it
+    /// (the fixture's, where there is one).
+    fn start_emulator(self, dir: &std::path::Path) -> (iapd_emulators::Running, String) {
+        use iapd_emulators::{app_store::AppStore, cafe_bazaar::CafeBazaar, google_play::GooglePlay, samsung::Samsung};
+        let absolute = format!("{}/tests/fixtures/", env!("CARGO_MANIFEST_DIR"));
+        let pointed = |running: iapd_emulators::Running, fixture_address: &str, text: String| {
+            let text =
+                text.replace(fixture_address, &running.address.to_string()).replace("tests/fixtures/", &absolute);
+            (running, text)
+        };
+        match self {
+            Network::GooglePlay => {
+                let key = fixture("google-play/service-account.json");
+                let emulator = GooglePlay::with_default_state();
+                emulator.add_service_account(&key).unwrap();
+                let running = iapd_emulators::spawn(Arc::new(emulator)).unwrap();
+                // The key names its token endpoint, the emulator's default port.
+                let key_file = dir.join("service-account.json");
+                std::fs::write(&key_file, key.replace("127.0.0.1:8095", &running.address.to_string())).unwrap();
+                let text = fixture("google-play/iapd.toml")
+                    .replace("tests/fixtures/google-play/service-account.json", &key_file.display().to_string());
+                pointed(running, "127.0.0.1:8095", text)
+            }
+            Network::CafeBazaar => pointed(
+                iapd_emulators::spawn(Arc::new(CafeBazaar::with_default_state())).unwrap(),
+                "127.0.0.1:8096",
+                fixture("cafe-bazaar/iapd.toml"),
+            ),
+            Network::Samsung => pointed(
+                iapd_emulators::spawn(Arc::new(Samsung::with_default_state())).unwrap(),
+                "127.0.0.1:8097",
+                fixture("samsung/iapd.toml"),
+            ),
+            Network::AppStore => {
+                // The emulator makes its root CA at start-up: no fixture config.
+                let emulator = AppStore::with_default_state();
+                let root = emulator.root_pem();
+                let running = iapd_emulators::spawn(Arc::new(emulator)).unwrap();
+                let url = running.url();
+                let text = format!(
+                    "[stores.apple]\nplugin = \"iapd_plugin_app_store\"\nallowed_origins = [\"{url}\"]\n\n\
+                     [stores.apple.config]\npackages = [\"com.example.ios\"]\ntrusted_roots = ['''{root}''']\n\
+                     issuer_id = \"{APPLE_ISSUER}\"\nkey_id = \"EMULATOR01\"\napi_root = \"{url}\"\n\
+                     sandbox_api_root = \"{url}/sandbox\"\nreceipt_url = \"{url}/verifyReceipt\"\n\
+                     sandbox_receipt_url = \"{url}/sandbox/verifyReceipt\"\n\n\
+                     [stores.apple.secrets]\nprivate_key = {{ file = \"{absolute}app-store/SubscriptionKey_EMULATOR01.p8\" }}\n"
+                );
+                (running, text)
+            }
+        }
+    }
+
+    /// A token for the direct calls, obtained once: the plugin caches its own.
+    async fn token(self, http: &reqwest::Client, url: &str) -> Option<String> {
+        let now = i64::try_from(std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_secs()).unwrap();
+        let oauth = |path: &str, form: String| {
+            let request = http
+                .post(format!("{url}{path}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form)
+                .send();
+            async move {
+                let body = request.await.unwrap().bytes().await.unwrap();
+                let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                Some(answer["access_token"].as_str().expect("an access token").to_owned())
+            }
+        };
+        match self {
+            Network::GooglePlay => {
+                let key = fixture("google-play/service-account.json");
+                let assertion = iapd_emulators::google_play::assertion(&key, now).unwrap();
+                oauth("/token", format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"))
+                    .await
+            }
+            Network::CafeBazaar => {
+                oauth(
+                    "/devapi/v2/auth/token/",
+                    "grant_type=refresh_token&client_id=iapd-demo&client_secret=demo-client-secret&refresh_token=demo-refresh-token"
+                        .to_owned(),
+                )
+                .await
+            }
+            Network::Samsung => None, // the receipt API takes no credentials
+            Network::AppStore => {
+                let key = fixture("app-store/SubscriptionKey_EMULATOR01.p8");
+                Some(iapd_emulators::app_store::api_token(&key, "EMULATOR01", APPLE_ISSUER, self.app_id(), now).unwrap())
+            }
+        }
+    }
+
+    /// The store request the plugin makes for a Verify of `id`.
+    fn store_request(
+        self,
+        http: &reqwest::Client,
+        url: &str,
+        id: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let app = self.app_id();
+        let path = match self {
+            Network::GooglePlay => {
+                format!("/androidpublisher/v3/applications/{app}/purchases/products/coins_100/tokens/{id}")
+            }
+            Network::CafeBazaar => format!("/devapi/v2/api/validate/{app}/inapp/coins_100/purchases/{id}/"),
+            Network::Samsung => format!("/iap/v6/receipt?purchaseID={id}"),
+            Network::AppStore => format!("/inApps/v1/transactions/{id}"),
+        };
+        let request = http.get(format!("{url}{path}"));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    fn verify(self, id: &str) -> pb::VerifyRequest {
+        use pb::purchase_proof::Proof;
+        let proof = match self {
+            Network::GooglePlay | Network::CafeBazaar => Proof::PurchaseToken(id.into()),
+            Network::Samsung => Proof::PurchaseId(id.into()),
+            Network::AppStore => Proof::TransactionId(id.into()),
+        };
+        pb::VerifyRequest {
+            store: self.store_id().into(),
+            app_id: self.app_id().into(),
+            product_id: "coins_100".into(),
+            proof: Some(pb::PurchaseProof { proof: Some(proof), store_parameters: Default::default() }),
+            user_id: String::new(),
+        }
+    }
+}
+
+/// One caller of (5): the same purchase, directly or through iapd.
+#[derive(Clone)]
+struct Caller {
+    store: Network,
+    http: reqwest::Client,
+    grpc: PurchaseServiceClient<tonic::transport::Channel>,
+    url: String,
+    token: Option<String>,
+    id: String,
+}
+
+/// Every call's bound: a stuck call fails the benchmark instead of hanging it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Caller {
+    async fn call(&mut self, through_iapd: bool) -> Duration {
+        let started = Instant::now();
+        if through_iapd {
+            let mut request = tonic::Request::new(self.store.verify(&self.id));
+            request.set_timeout(CALL_TIMEOUT);
+            let answer = self.grpc.verify(request).await.unwrap().into_inner();
+            assert_eq!(answer.verdict(), pb::Verdict::Valid, "{}", answer.verdict_reason);
+        } else {
+            let request = self.store.store_request(&self.http, &self.url, &self.id, self.token.as_deref());
+            let response = request.timeout(CALL_TIMEOUT).send().await.unwrap();
+            let status = response.status();
+            let body = response.bytes().await.unwrap();
+            assert!(status.is_success(), "{status}: {body:?}");
+        }
+        started.elapsed()
+    }
+}
+
+/// One path's measurements in (5), over the rounds.
+#[derive(Default)]
+struct PathSamples {
+    latencies: Vec<Duration>,
+    round_p99: Vec<Duration>,
+    rates: Vec<f64>,
+    cpu_per_call: Vec<Duration>,
+}
+
+impl PathSamples {
+    /// `callers` each calling `calls` times, or until `limit`, on one path.
+    /// CPU counts this process (callers and emulator) and iapd's.
+    async fn phase(&mut self, callers: &[Caller], through_iapd: bool, calls: usize, limit: Duration, iapd: u32) {
+        let cpu = || process_cpu() + cpu_time(&iapd.to_string());
+        let (started, cpu_before) = (Instant::now(), cpu());
+        let stop = started + limit;
+        let tasks: Vec<_> = callers
+            .iter()
+            .cloned()
+            .map(|mut caller| {
+                tokio::spawn(async move {
+                    let mut samples = Vec::with_capacity(calls);
+                    while samples.len() < calls && Instant::now() < stop {
+                        samples.push(caller.call(through_iapd).await);
+                    }
+                    samples
+                })
+            })
+            .collect();
+        let mut samples = Vec::new();
+        for task in tasks {
+            samples.extend(task.await.unwrap());
+        }
+        self.rates.push(samples.len() as f64 / started.elapsed().as_secs_f64());
+        self.cpu_per_call.push(cpu().saturating_sub(cpu_before) / u32::try_from(samples.len().max(1)).unwrap());
+        samples.sort();
+        self.round_p99.push(percentile(&samples, 0.99));
+        self.latencies.extend(samples);
+    }
+}
+
+fn median<T: PartialOrd + Copy>(values: &[T]) -> T {
+    let mut values = values.to_vec();
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+/// (5) The latency a Verify through iapd adds over the same store request
+/// made directly, per network store against its emulator: the real binary,
+/// the real plugin, loopback only. Direct and through-iapd phases alternate,
+/// in rounds, one caller at a time and then many at once.
+async fn latency() {
+    const ROUNDS: usize = 3;
+    const SEQUENTIAL_CALLS: usize = 2_000;
+    const LOAD_CALLERS: usize = 32;
+    const LOAD_CALLS: usize = 500; // per caller
+    // Bounds each phase when calls are slow (a 40 ms stall makes 2,000 calls 80 s).
+    const PHASE_LIMIT: Duration = Duration::from_secs(10);
+    // As in the host: the client's TLS stack needs a provider, even for http.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The same client settings as the host's.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    // Neighbours' load shows in the p99 of a shared machine.
+    println!("load average before (5): {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
+    let mut tables = [Vec::new(), Vec::new()];
+    for store in [Network::GooglePlay, Network::CafeBazaar, Network::Samsung, Network::AppStore] {
+        let dir = tempfile::tempdir().unwrap();
+        let (emulator, stores) = store.start_emulator(dir.path());
+        let url = emulator.url();
+        let (template_state, list, field, template_id) = store.template();
+        let state: serde_json::Value = serde_json::from_str(template_state).unwrap();
+        let template = state[list].as_array().unwrap().iter().find(|entry| entry[field] == template_id).unwrap();
+        for index in 0..LOAD_CALLERS {
+            let mut purchase = template.clone();
+            purchase[field] = store.purchase_id(index).into();
+            let added = http.post(format!("{url}/emulator/v1/purchases")).body(purchase.to_string()).send().await;
+            assert!(added.unwrap().status().is_success());
+        }
+        let (config_path, _config_dir) = config_file(&stores);
+        let iapd = Iapd::start(&config_path, "info");
+        let grpc = PurchaseServiceClient::connect(format!("http://{}", iapd.address)).await.unwrap();
+        let token = store.token(&http, &url).await;
+        let callers: Vec<Caller> = (0..LOAD_CALLERS)
+            .map(|index| Caller {
+                store,
+                http: http.clone(),
+                grpc: grpc.clone(),
+                url: url.clone(),
+                token: token.clone(),
+                id: store.purchase_id(index),
+            })
+            .collect();
+        // Warm-up: connections, the plugin's token, the App Store's chain cache.
+        for through_iapd in [false, true] {
+            PathSamples::default().phase(&callers, through_iapd, 20, Duration::from_secs(2), iapd.child.id()).await;
+        }
+        let mut measured = 0;
+        let [sequential, load] = &mut tables;
+        for (table, callers, calls) in [(sequential, &callers[..1], SEQUENTIAL_CALLS), (load, &callers[..], LOAD_CALLS)]
+        {
+            let mut paths = [PathSamples::default(), PathSamples::default()];
+            for _ in 0..ROUNDS {
+                for (path, through_iapd) in paths.iter_mut().zip([false, true]) {
+                    path.phase(callers, through_iapd, calls, PHASE_LIMIT, iapd.child.id()).await;
+                }
+            }
+            let added_p99: Vec<String> = (paths[0].round_p99.iter().zip(&paths[1].round_p99))
+                .map(|(direct, through)| format!("{:+.2}", millis(*through) - millis(*direct)))
+                .collect();
+            let [(d_calls, d50, d99, d_rate, d_cpu), (t_calls, t50, t99, t_rate, t_cpu)] = paths.map(|mut path| {
+                path.latencies.sort();
+                let (p50, p99) = (percentile(&path.latencies, 0.5), percentile(&path.latencies, 0.99));
+                let cpu = median(&path.cpu_per_call).as_micros();
+                (path.latencies.len(), millis(p50), millis(p99), median(&path.rates), cpu)
+            });
+            measured += d_calls + t_calls;
+            table.push(format!(
+                "| {} | {d_calls}+{t_calls} | {d50:.2} / {d99:.2} | {t50:.2} / {t99:.2} | **{:+.2}** / **{:+.2}** | {} | {d_rate:.0} / {t_rate:.0} | {d_cpu} / {t_cpu} |",
+                store.store_id(),
+                t50 - d50,
+                t99 - d99,
+                added_p99.join(", "),
+            ));
+        }
+        // Every measured call reached the store: none was answered from a
+        // cache or folded into another caller's request.
+        let stats = http.get(format!("{url}/emulator/v1/stats")).send().await.unwrap().bytes().await.unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+        let requests: u64 = stats["requests"].as_object().unwrap().values().filter_map(serde_json::Value::as_u64).sum();
+        assert!(requests >= measured as u64, "{}: {requests} store requests for {measured} calls", store.store_id());
+        drop(iapd);
+        drop(emulator);
+    }
+    for (table, what) in tables.iter().zip([
+        format!("one caller, {ROUNDS} rounds of up to {SEQUENTIAL_CALLS} calls per path"),
+        format!("{LOAD_CALLERS} concurrent callers, {ROUNDS} rounds of up to {LOAD_CALLS} calls each per path"),
+    ]) {
+        println!(
+            "\n(5) Verify latency added over a direct call to the store's emulator, {what} (phases of at most {PHASE_LIMIT:?})"
+        );
+        println!(
+            "| store | calls (direct+iapd) | direct p50 / p99 (ms) | via iapd p50 / p99 (ms) | added p50 / p99 (ms) | added p99 per round | req/s direct / iapd | CPU µs per call direct / iapd |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        for row in table {
+            println!("{row}");
+        }
     }
 }

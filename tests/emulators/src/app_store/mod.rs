@@ -384,6 +384,25 @@ impl State {
     }
 }
 
+/// A Server API token (ES256 JWT) for `bundle_id`, signed with an In-App
+/// Purchase key (`.p8` PEM) as Apple's libraries sign it, so a client other
+/// than the plugin (a benchmark's direct call) can call the API.
+pub fn api_token(
+    private_key_pem: &str,
+    key_id: &str,
+    issuer_id: &str,
+    bundle_id: &str,
+    now_secs: i64,
+) -> Result<String, String> {
+    let signing = jsonwebtoken::EncodingKey::from_ec_pem(private_key_pem.as_bytes())
+        .map_err(|err| format!("not an ec private key in pem: {err}"))?;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(key_id.to_owned());
+    let exp = now_secs + MAX_TOKEN_LIFETIME_SECS;
+    let claims = json!({"iss": issuer_id, "iat": now_secs, "exp": exp, "aud": AUDIENCE, "bid": bundle_id});
+    jsonwebtoken::encode(&header, &claims, &signing).map_err(|err| format!("cannot sign the token: {err}"))
+}
+
 /// Apple's error body: `{"errorCode", "errorMessage"}`, typed exactly
 /// `application/json` (Apple's library reads the body only then).
 pub fn api_error(status: u16, code: i64, message: &str) -> Response {

@@ -532,6 +532,21 @@ fn unverified_claim(jwt: &str, name: &str) -> Option<String> {
     claims[name].as_str().map(str::to_owned)
 }
 
+/// A JWT-bearer assertion for `POST /token`, signed with the service
+/// account's key (`key_json`) as Google's client libraries sign it, so a
+/// client other than the plugin (a benchmark's direct call) can get a token.
+pub fn assertion(key_json: &str, now_secs: i64) -> Result<String, String> {
+    let key: Value = serde_json::from_str(key_json).map_err(|err| format!("service account key: {err}"))?;
+    let email = key["client_email"].as_str().ok_or("service account key: no client_email")?;
+    let pem = key["private_key"].as_str().ok_or("service account key: no private_key")?;
+    let signing = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes())
+        .map_err(|err| format!("service account key: private_key: {err}"))?;
+    let claims =
+        json!({"iss": email, "scope": SCOPE, "aud": GOOGLE_TOKEN_URL, "iat": now_secs, "exp": now_secs + 3600});
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &signing)
+        .map_err(|err| format!("cannot sign the assertion: {err}"))
+}
+
 /// Google's JSON error envelope.
 pub fn google_error(code: u16, reason: &str, message: &str) -> Response {
     let domain = match reason {
