@@ -13,6 +13,7 @@ mod google_play; // the Google Play plugin in the real binary against the emulat
 mod grpcurl; // the README's grpcurl examples, reflection and health, run literally
 mod in_process; // the server as a library: serve() on port 0 with a shutdown future
 mod invariants; // architecture invariants from ARCHITECTURE.md
+mod microsoft_store; // the Microsoft Store plugin in the real binary against its emulator, and the README's walkthrough
 mod proto_lint; // buf lint on the public API
 mod python_client; // a Python client generated with grpcio-tools
 mod samsung; // the Samsung plugin in the real binary against its emulator, and the README's Samsung walkthrough
