@@ -281,6 +281,15 @@ fn the_key_binds_the_user_and_a_key_that_cannot_work_is_invalid() {
         assert!(answer.verdict_reason.contains("AuthenticationTokenInvalid"), "{}", answer.verdict_reason);
     }
     assert_eq!(setup.emulator.count("token"), tokens + 2, "each refusal first got one fresh entra token");
+    // A key without a client claim passes iapd's reading; Microsoft refuses
+    // it as another client's, and no token refresh can change that.
+    let clientless = setup.emulator.key_with(ACCOUNT, USER, KeyKind::Collections, Some(""), 3600);
+    let answer = setup.verify(DURABLE, &clientless, &[]).unwrap();
+    assert_eq!(answer.verdict(), Verdict::Invalid);
+    assert!(answer.verdict_reason.contains("InconsistentClientId"), "{}", answer.verdict_reason);
+    assert_eq!(setup.emulator.count("token"), tokens + 2, "no refresh for InconsistentClientId");
+    let err = setup.consume(COINS, &clientless, &[]).unwrap_err();
+    assert_eq!((err.code(), err.reason()), (Code::InvalidArgument, "InconsistentClientId"), "{err}");
 }
 
 #[test]

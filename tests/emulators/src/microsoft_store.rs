@@ -1122,6 +1122,77 @@ mod tests {
     }
 
     #[test]
+    fn tokens_and_keys_are_refused_as_microsoft_refuses_them() {
+        let emulator = MicrosoftStore::with_default_state();
+        let token = |audience: &str| {
+            let form = format!(
+                "grant_type=client_credentials&client_id={CLIENT}&client_secret=demo-client-secret&resource={}",
+                audience.replace(':', "%3A").replace('/', "%2F")
+            );
+            let answer = emulator.handle(&token_request(&format!("/{TENANT}/oauth2/token"), &form));
+            answer.json_body()["access_token"].as_str().unwrap_or_default().to_owned()
+        };
+        let service = token(SERVICE_AUDIENCE);
+        let create = token(CREATE_COLLECTIONS_KEY);
+        let key = emulator.key("demo-account", "user-42", KeyKind::Collections);
+        let query = |bearer: Option<&str>, key: &str| {
+            let mut request = Request::new("POST", "/v9.0/collections/publisherQuery").body(
+                json!({"beneficiaries": [{"identityType": "b2b", "identityValue": key}], "productSkuIds": [{"productId": "9NBLGGH42CFD"}]})
+                    .to_string(),
+            );
+            if let Some(bearer) = bearer {
+                request = request.header("authorization", &format!("Bearer {bearer}"));
+            }
+            let answer = emulator.handle(&request);
+            (answer.status, answer.json_body()["innererror"]["code"].as_str().unwrap_or_default().to_owned())
+        };
+        let other_client = emulator.key_with("demo-account", "u", KeyKind::Collections, Some("ffff"), 3600);
+        let expired = emulator.key_with("demo-account", "u", KeyKind::Collections, None, 0);
+        let purchase = emulator.key("demo-account", "u", KeyKind::Purchase);
+        for (bearer, key, expected) in [
+            (None, key.as_str(), "PartnerAadTicketRequired"),
+            (Some(create.as_str()), key.as_str(), "AuthenticationTokenInvalid"),
+            (Some("not-a-token"), key.as_str(), "AuthenticationTokenInvalid"),
+            (Some(service.as_str()), purchase.as_str(), "AuthenticationTokenInvalid"),
+            (Some(service.as_str()), expired.as_str(), "AuthenticationTokenInvalid"),
+            (Some(service.as_str()), other_client.as_str(), "InconsistentClientId"),
+        ] {
+            assert_eq!(query(bearer, key), (401, expected.to_owned()), "{expected}");
+        }
+        assert_eq!(query(Some(&service), &key).0, 200);
+        emulator.revoke_tokens();
+        assert_eq!(query(Some(&service), &key), (401, "AuthenticationTokenInvalid".to_owned()), "a revoked token");
+
+        // Consume: removeQuantity is for store-managed consumables, a tracking id names one request.
+        let service = token(SERVICE_AUDIENCE);
+        let consume = |body: Value| {
+            let request = Request::new("POST", "/v8.0/collections/consume")
+                .header("authorization", &format!("Bearer {service}"))
+                .body(body.to_string());
+            let answer = emulator.handle(&request);
+            (answer.status, answer.json_body())
+        };
+        let beneficiary = json!({"identityType": "b2b", "identityValue": key});
+        let tracking = "1b3afaa8-2c4d-4e5f-8a9b-0c1d2e3f4a5b";
+        let (status, body) = consume(
+            json!({"beneficiary": beneficiary, "productId": "9NCOINS00100", "trackingId": tracking, "removeQuantity": 1}),
+        );
+        assert_eq!((status, body["innererror"]["code"].as_str()), (400, Some("InvalidParameter")));
+        let (status, body) = consume(
+            json!({"beneficiary": beneficiary, "productId": "9NGEMS000500", "trackingId": tracking, "removeQuantity": 1}),
+        );
+        assert_eq!((status, body["newQuantity"].as_i64()), (200, Some(4)));
+        let (status, body) = consume(
+            json!({"beneficiary": beneficiary, "productId": "9NGEMS000500", "trackingId": tracking, "removeQuantity": 2}),
+        );
+        assert_eq!((status, body["innererror"]["code"].as_str()), (400, Some("InvalidParameter")), "another body");
+        let (status, body) = consume(
+            json!({"beneficiary": beneficiary, "productId": "9NBLGGH42CFD", "trackingId": "2b3afaa8-2c4d-4e5f-8a9b-0c1d2e3f4a5b"}),
+        );
+        assert_eq!((status, body["innererror"]["code"].as_str()), (400, Some("ProductNotConsumable")));
+    }
+
+    #[test]
     fn times_are_written_with_seven_digits() {
         assert_eq!(iso(0), "1970-01-01T00:00:00.0000000+00:00");
         assert_eq!(iso(1_767_225_600_123), "2026-01-01T00:00:00.1230000+00:00");
