@@ -35,3 +35,51 @@ pub fn packages_listed(packages: &[String], store_id: &str) -> Result<(), Plugin
     }
     Ok(())
 }
+
+/// INVALID_ARGUMENT `UNKNOWN_STORE_PARAMETER` if `proof.store_parameters`
+/// has a key not in `allowed`, so a caller can pass a store only the extras
+/// the plugin reads, never one that steers a request (a URL, a host). The
+/// message names the first unknown key (in sorted order), the keys allowed
+/// and `hint`, which says why the list is what it is.
+pub fn known_store_parameters(proof: Option<&proto::Proof>, allowed: &[&str], hint: &str) -> Result<(), PluginError> {
+    let Some(proof) = proof else { return Ok(()) };
+    let mut unknown: Vec<&String> =
+        proof.store_parameters.keys().filter(|key| !allowed.contains(&key.as_str())).collect();
+    unknown.sort();
+    match unknown.first() {
+        None => Ok(()),
+        Some(key) => {
+            let allowed = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
+            Err(PluginError::invalid_argument(format!(
+                "proof.store_parameters: `{key}` is not one this store reads (allowed: {allowed}); {hint}"
+            ))
+            .with_reason("UNKNOWN_STORE_PARAMETER"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::known_store_parameters;
+    use crate::{Code, proto};
+
+    #[test]
+    fn unknown_store_parameters_are_refused_by_name() {
+        let proof = |keys: &[&str]| proto::Proof {
+            store_parameters: keys.iter().map(|key| ((*key).to_owned(), "v".to_owned())).collect(),
+            ..Default::default()
+        };
+        assert!(known_store_parameters(None, &["a"], "").is_ok());
+        assert!(known_store_parameters(Some(&proof(&[])), &[], "").is_ok());
+        assert!(known_store_parameters(Some(&proof(&["a", "b"])), &["a", "b"], "").is_ok());
+        let err = known_store_parameters(Some(&proof(&["a", "url", "host"])), &["a"], "urls come from the config")
+            .expect_err("unknown keys");
+        assert_eq!((err.code(), err.reason()), (Code::InvalidArgument, "UNKNOWN_STORE_PARAMETER"));
+        assert_eq!(
+            err.message(),
+            "proof.store_parameters: `host` is not one this store reads (allowed: a); urls come from the config"
+        );
+        let err = known_store_parameters(Some(&proof(&["x"])), &[], "").expect_err("none allowed");
+        assert!(err.message().contains("(allowed: none)"), "{err}");
+    }
+}

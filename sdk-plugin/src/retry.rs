@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 
-use crate::{Code, Ctx, HttpResponse, PluginError};
+use crate::{Code, Ctx, HttpRequest, HttpResponse, PluginError};
 
 /// The retryable error for a store's transient answer (409, 429, 5xx, or a
 /// status the store documents as temporary): ABORTED for 409,
@@ -22,6 +22,16 @@ pub fn transient(response: &HttpResponse, message: impl Into<String>) -> PluginE
         Some(delay) => err.retry_after(delay),
         None => err,
     }
+}
+
+/// Sends one attempt of `request`. No answer in time is retryable, unlike
+/// the host's other failures: the next attempt may answer within the call's
+/// deadline (the host never waits past it), so wrap this in [`with_retries`].
+pub async fn attempt(cx: &Ctx, request: HttpRequest) -> Result<HttpResponse, PluginError> {
+    cx.http(request).await.map_err(|err| {
+        let retryable = err.is_retryable() || err.code() == Code::DeadlineExceeded;
+        err.retryable(retryable)
+    })
 }
 
 /// How transient failures are retried.

@@ -13,8 +13,9 @@ mod config; // configuration errors, env overrides, check-config, plugins
 mod google_play; // the Google Play plugin in the real binary against the emulator, and Google's Python client
 mod grpcurl; // the README's grpcurl examples, reflection and health, run literally
 mod in_process; // the server as a library: serve() on port 0 with a shutdown future
-mod invariants;
-mod ledger; // the ledger on SQLite and PostgreSQL: claims, replays, kill -9, two replicas, a lost database // architecture invariants from ARCHITECTURE.md
+mod invariants; // architecture invariants from ARCHITECTURE.md
+mod ledger; // the ledger on SQLite and PostgreSQL: claims, replays, kill -9, two replicas, a lost database
+mod microsoft_store; // the Microsoft Store plugin in the real binary against its emulator, and the README's walkthrough
 mod proto_lint; // buf lint on the public API
 mod samsung; // the Samsung plugin in the real binary against its emulator, and the README's Samsung walkthrough
 mod support;

@@ -15,6 +15,7 @@ use iapd_emulators::Emulator;
 use iapd_emulators::app_store::{self, AppStore};
 use iapd_emulators::cafe_bazaar::{self, CafeBazaar};
 use iapd_emulators::google_play::{self, GooglePlay};
+use iapd_emulators::microsoft_store::{self, MicrosoftStore};
 use iapd_emulators::samsung::{self, Samsung};
 
 /// The test-only key every Google Play emulator trusts unless told otherwise
@@ -61,6 +62,17 @@ enum Store {
         #[arg(long)]
         state: Option<PathBuf>,
     },
+    /// The Microsoft Store's Entra token endpoint, collections query and consume, recurrences and
+    /// Store ID key renewal; POST /emulator/v1/keys stands in for the Windows client.
+    #[command(name = "microsoft-store")]
+    Microsoft {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8101")]
+        listen: SocketAddr,
+        /// A state file (Entra clients, accounts and their items); the built-in demo state if absent.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
     /// The App Store Server API (production, and the sandbox under /sandbox) and verifyReceipt,
     /// signing transactions with a certificate chain of its own.
     #[command(name = "app-store")]
@@ -100,6 +112,10 @@ async fn main() -> anyhow::Result<()> {
         Store::Samsung { listen, state } => {
             let seed = parse_state(state.as_deref(), samsung::DEFAULT_STATE)?;
             ("samsung", listen, Arc::new(Samsung::new(seed).map_err(anyhow::Error::msg)?))
+        }
+        Store::Microsoft { listen, state } => {
+            let seed = parse_state(state.as_deref(), microsoft_store::DEFAULT_STATE)?;
+            ("microsoft store", listen, Arc::new(MicrosoftStore::new(seed).map_err(anyhow::Error::msg)?))
         }
         Store::Apple { listen, state, root_out } => {
             let seed = parse_state(state.as_deref(), app_store::DEFAULT_STATE)?;
