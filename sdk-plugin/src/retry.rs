@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 
-use crate::{Code, Ctx, HttpResponse, PluginError};
+use crate::{Code, Ctx, HttpRequest, HttpResponse, PluginError};
 
 /// The retryable error for a store's transient answer (409, 429, 5xx, or a
 /// status the store documents as temporary): ABORTED for 409,
@@ -22,6 +22,17 @@ pub fn transient(response: &HttpResponse, message: impl Into<String>) -> PluginE
         Some(delay) => err.retry_after(delay),
         None => err,
     }
+}
+
+/// Sends `request` through the host for one attempt of [`with_retries`]:
+/// like [`Ctx::http`], but an attempt that timed out is retryable too, since
+/// the next one may answer within the call's deadline (the host ends every
+/// attempt at that deadline, so the retries cannot outlive it).
+pub async fn http(cx: &Ctx, request: HttpRequest) -> Result<HttpResponse, PluginError> {
+    cx.http(request).await.map_err(|err| {
+        let retryable = err.is_retryable() || err.code() == Code::DeadlineExceeded;
+        err.retryable(retryable)
+    })
 }
 
 /// How transient failures are retried.
