@@ -517,6 +517,20 @@ fn throttling_failures_and_timeouts_are_retried() {
         .unwrap();
     assert_eq!(kit.verify(request("coins_100", "amzn-coins=:3:11", USER)).unwrap().verdict(), Verdict::Valid);
     assert_eq!(kit.requests().len(), 2);
+
+    // Every attempt timing out, or RVS unreachable: the host's error, after the retries.
+    for (code, reason) in [(Code::DeadlineExceeded, "UPSTREAM_TIMEOUT"), (Code::Unavailable, "UPSTREAM_UNREACHABLE")] {
+        let kit = kit::builder()
+            .config_json(config().to_string())
+            .secret("shared_secret", SECRET)
+            .allow_origin(ORIGIN)
+            .fail_first(4, code)
+            .build::<Amazon>()
+            .unwrap();
+        let err = kit.verify(request("coins_100", "amzn-coins=:3:11", USER)).unwrap_err();
+        assert_eq!((err.code(), err.reason()), (code, reason), "{err}");
+        assert_eq!(kit.requests().len(), 4, "{reason}: four attempts");
+    }
 }
 
 #[test]
