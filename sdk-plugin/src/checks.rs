@@ -1,5 +1,7 @@
 //! Checks most store plugins make on a request before asking the store.
 
+use std::collections::HashMap;
+
 use crate::{PluginError, proto};
 
 /// The purchase token of `proof`, or INVALID_ARGUMENT `UNSUPPORTED_PROOF` for
@@ -36,50 +38,74 @@ pub fn packages_listed(packages: &[String], store_id: &str) -> Result<(), Plugin
     Ok(())
 }
 
-/// INVALID_ARGUMENT `UNKNOWN_STORE_PARAMETER` if `proof.store_parameters`
-/// has a key not in `allowed`, so a caller can pass a store only the extras
-/// the plugin reads, never one that steers a request (a URL, a host). The
-/// message names the first unknown key (in sorted order), the keys allowed
-/// and `hint`, which says why the list is what it is.
-pub fn known_store_parameters(proof: Option<&proto::Proof>, allowed: &[&str], hint: &str) -> Result<(), PluginError> {
-    let Some(proof) = proof else { return Ok(()) };
-    let mut unknown: Vec<&String> =
-        proof.store_parameters.keys().filter(|key| !allowed.contains(&key.as_str())).collect();
+/// INVALID_ARGUMENT `UNKNOWN_STORE_PARAMETER` naming the first key (in
+/// order) of a proof's `store_parameters` that is not one of `accepted`, so
+/// a caller passes nothing the plugin does not read, and never a URL: the
+/// URLs a store calls come only from the config. `why` ends the message,
+/// saying what the accepted keys are for.
+pub fn only_store_parameters(
+    parameters: &HashMap<String, String>,
+    accepted: &[&str],
+    why: &str,
+) -> Result<(), PluginError> {
+    let mut unknown: Vec<&String> = parameters.keys().filter(|key| !accepted.contains(&key.as_str())).collect();
     unknown.sort();
     match unknown.first() {
         None => Ok(()),
-        Some(key) => {
-            let allowed = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
-            Err(PluginError::invalid_argument(format!(
-                "proof.store_parameters: `{key}` is not one this store reads (allowed: {allowed}); {hint}"
-            ))
-            .with_reason("UNKNOWN_STORE_PARAMETER"))
-        }
+        Some(key) => Err(PluginError::invalid_argument(format!(
+            "proof.store_parameters: `{key}` is not accepted; only {} ({why})",
+            accepted.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", ")
+        ))
+        .with_reason("UNKNOWN_STORE_PARAMETER")),
     }
+}
+
+/// The non-empty value of `name` in a proof's `store_parameters`, or
+/// INVALID_ARGUMENT `MISSING_STORE_PARAMETER`; `why` ends the message.
+pub fn store_parameter<'a>(
+    parameters: &'a HashMap<String, String>,
+    name: &str,
+    why: &str,
+) -> Result<&'a str, PluginError> {
+    parameters.get(name).map(String::as_str).filter(|value| !value.is_empty()).ok_or_else(|| {
+        PluginError::invalid_argument(format!("proof.store_parameters: `{name}` is missing; {why}"))
+            .with_reason("MISSING_STORE_PARAMETER")
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::known_store_parameters;
-    use crate::{Code, proto};
+    use std::collections::HashMap;
+
+    use super::{only_store_parameters, store_parameter};
+    use crate::Code;
+
+    fn parameters(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect()
+    }
 
     #[test]
-    fn unknown_store_parameters_are_refused_by_name() {
-        let proof = |keys: &[&str]| proto::Proof {
-            store_parameters: keys.iter().map(|key| ((*key).to_owned(), "v".to_owned())).collect(),
-            ..Default::default()
-        };
-        assert!(known_store_parameters(None, &["a"], "").is_ok());
-        assert!(known_store_parameters(Some(&proof(&[])), &[], "").is_ok());
-        assert!(known_store_parameters(Some(&proof(&["a", "b"])), &["a", "b"], "").is_ok());
-        let err = known_store_parameters(Some(&proof(&["a", "url", "host"])), &["a"], "urls come from the config")
-            .expect_err("unknown keys");
+    fn store_parameters_outside_the_allowlist_are_refused_by_name() {
+        let given = parameters(&[("user_id", "u"), ("verify_url", "http://169.254.169.254/"), ("b", "")]);
+        let err = only_store_parameters(&given, &["user_id"], "amazon binds receipts to users").unwrap_err();
         assert_eq!((err.code(), err.reason()), (Code::InvalidArgument, "UNKNOWN_STORE_PARAMETER"));
         assert_eq!(
             err.message(),
-            "proof.store_parameters: `host` is not one this store reads (allowed: a); urls come from the config"
+            "proof.store_parameters: `b` is not accepted; only `user_id` (amazon binds receipts to users)",
+            "the first unknown key in order, whatever the map's order"
         );
-        let err = known_store_parameters(Some(&proof(&["x"])), &[], "").expect_err("none allowed");
-        assert!(err.message().contains("(allowed: none)"), "{err}");
+        only_store_parameters(&parameters(&[("user_id", "u")]), &["user_id", "other"], "").unwrap();
+        only_store_parameters(&HashMap::new(), &[], "").unwrap();
+    }
+
+    #[test]
+    fn a_missing_or_empty_store_parameter_is_named() {
+        let given = parameters(&[("user_id", "u-1"), ("empty", "")]);
+        assert_eq!(store_parameter(&given, "user_id", "").unwrap(), "u-1");
+        for name in ["empty", "absent"] {
+            let err = store_parameter(&given, name, "amazon needs it").unwrap_err();
+            assert_eq!((err.code(), err.reason()), (Code::InvalidArgument, "MISSING_STORE_PARAMETER"));
+            assert_eq!(err.message(), format!("proof.store_parameters: `{name}` is missing; amazon needs it"));
+        }
     }
 }

@@ -176,6 +176,20 @@ pub fn path_segment(value: &str) -> String {
     percent_encoding::utf8_percent_encode(value, PATH_SEGMENT).to_string()
 }
 
+/// [`PATH_SEGMENT`] with `:`, `@`, `=` and `+` left as they are: characters
+/// RFC 3986 allows raw in a segment (`pchar`).
+const PATH_SEGMENT_PCHAR: &percent_encoding::AsciiSet =
+    &PATH_SEGMENT.remove(b':').remove(b'@').remove(b'=').remove(b'+');
+
+/// `value` percent-encoded for use as one URL path segment, like
+/// [`path_segment`], but keeping `:`, `@`, `=` and `+` raw, for a store whose
+/// own URLs show them so (Amazon's receipt ids and shared secrets end in `=`
+/// and hold `:`) and which may not decode them. `/`, `?`, `#`, `%`, `;`, `,`,
+/// spaces and non-ASCII are still encoded, so a value stays one segment.
+pub fn path_segment_pchar(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, PATH_SEGMENT_PCHAR).to_string()
+}
+
 /// `T`'s name without its module path: `TokenResponse`, not
 /// `iapd_plugin_x::auth::fetch::TokenResponse`.
 fn short_type_name<T>() -> &'static str {
@@ -284,6 +298,21 @@ fn host_error(status: abi::Status, context: &str) -> PluginError {
 mod tests {
     use super::HttpResponse;
     use crate::Code;
+
+    #[test]
+    fn pchar_segments_keep_what_rfc_3986_allows_raw_and_encode_the_rest() {
+        let cases = [
+            ("koxIn_LO2u7rc-_MF40hKz1vqSSJSlitfTNDeH_JAs8=:3:11", "koxIn_LO2u7rc-_MF40hKz1vqSSJSlitfTNDeH_JAs8=:3:11"),
+            ("kyplB1fdRX1m6/GNAVW0l6jv9Nl1V/GemSopKBHM84w=", "kyplB1fdRX1m6%2FGNAVW0l6jv9Nl1V%2FGemSopKBHM84w="),
+            ("2:a+b@c", "2:a+b@c"),
+            ("a?b#c%d;e,f g", "a%3Fb%23c%25d%3Be%2Cf%20g"),
+            ("é", "%C3%A9"),
+        ];
+        for (value, encoded) in cases {
+            assert_eq!(super::path_segment_pchar(value), encoded, "{value}");
+        }
+        assert_eq!(super::path_segment("a=:b"), "a%3D%3Ab", "path_segment itself is unchanged");
+    }
 
     #[derive(Debug, serde::Deserialize)]
     struct TokenAnswer {

@@ -80,7 +80,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{Code, PluginError};
-pub use http::{HttpRequest, HttpResponse, path_segment};
+pub use http::{HttpRequest, HttpResponse, path_segment, path_segment_pchar};
 
 /// The plugin contract messages (`proto/iapd/plugin/v1/plugin.proto`).
 #[allow(missing_docs, unreachable_pub, missing_debug_implementations)]

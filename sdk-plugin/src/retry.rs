@@ -24,10 +24,11 @@ pub fn transient(response: &HttpResponse, message: impl Into<String>) -> PluginE
     }
 }
 
-/// Sends one attempt of `request`. No answer in time is retryable, unlike
-/// the host's other failures: the next attempt may answer within the call's
-/// deadline (the host never waits past it), so wrap this in [`with_retries`].
-pub async fn attempt(cx: &Ctx, request: HttpRequest) -> Result<HttpResponse, PluginError> {
+/// Sends `request` through the host for one attempt of [`with_retries`]:
+/// like [`Ctx::http`], but an attempt that timed out is retryable too, since
+/// the next one may answer within the call's deadline (the host ends every
+/// attempt at that deadline, so the retries cannot outlive it).
+pub async fn http(cx: &Ctx, request: HttpRequest) -> Result<HttpResponse, PluginError> {
     cx.http(request).await.map_err(|err| {
         let retryable = err.is_retryable() || err.code() == Code::DeadlineExceeded;
         err.retryable(retryable)

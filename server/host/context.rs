@@ -58,8 +58,8 @@ pub(crate) struct HostContext {
     calls: Mutex<HashMap<u64, PendingCall>>,
     origins: Vec<Origin>,
     secrets: HashMap<Vec<u8>, Vec<u8>>,
-    /// Secret values as text, to redact from what the plugin logs.
-    redactions: Vec<String>,
+    /// Secret values, to redact from what the plugin logs and answers.
+    redactions: Vec<Vec<u8>>,
     http: reqwest::Client,
     http_timeout: Duration,
     runtime: tokio::runtime::Handle,
@@ -79,12 +79,7 @@ pub(crate) struct ContextSettings {
 
 impl HostContext {
     pub(crate) fn new(settings: ContextSettings) -> Self {
-        let redactions = settings
-            .secrets
-            .iter()
-            .filter_map(|(_, value)| String::from_utf8(value.clone()).ok())
-            .filter(|value| value.len() >= 4)
-            .collect();
+        let redactions = redactions(settings.secrets.iter().map(|(_, value)| value.as_slice()));
         HostContext {
             store_id: settings.store_id,
             calls: Mutex::default(),
@@ -170,9 +165,10 @@ impl HostContext {
         }
     }
 
-    /// Replaces every configured secret value in `text`.
+    /// Replaces every configured secret value in `text`, also where it
+    /// appears percent-encoded (see [`redact`]).
     pub(crate) fn redact(&self, text: &str) -> String {
-        self.redactions.iter().fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "[redacted]"))
+        redact(text, &self.redactions)
     }
 
     pub(crate) fn secret(&self, name: &[u8]) -> Option<&[u8]> {
@@ -248,6 +244,68 @@ impl HostContext {
     }
 }
 
+/// What to redact for these secret values: each one, and each one without
+/// surrounding whitespace (a secret file's final newline is rarely part of
+/// what a plugin sends), if at least 4 bytes long; shorter ones would redact
+/// ordinary words.
+fn redactions<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<Vec<u8>> {
+    let mut redactions: Vec<Vec<u8>> = values
+        .flat_map(|value| [value, value.trim_ascii()])
+        .filter(|value| value.len() >= 4)
+        .map(<[u8]>::to_vec)
+        .collect();
+    redactions.sort();
+    redactions.dedup();
+    redactions
+}
+
+/// `text` with every occurrence of each secret replaced by `[redacted]`,
+/// where each of the secret's bytes may appear as it is, percent-encoded
+/// (`%2F` or `%2f`), or for a space as `+`: plugins put secrets in URLs
+/// (Amazon's shared secret is a path segment) and form bodies, and a URL can
+/// end up in a log line or an error message.
+fn redact(text: &str, secrets: &[Vec<u8>]) -> String {
+    let bytes = text.as_bytes();
+    let mut redacted = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match secrets.iter().filter_map(|secret| secret_end(bytes, at, secret)).max() {
+            Some(end) => {
+                redacted.extend_from_slice(b"[redacted]");
+                at = end;
+            }
+            None => {
+                redacted.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    // Cuts fall on character boundaries (a secret is matched whole), so this
+    // is lossless; lossy only as a fallback.
+    String::from_utf8(redacted).unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
+}
+
+/// Where `secret`, spelled as [`redact`] allows, ends in `text` if it starts
+/// at `start`.
+fn secret_end(text: &[u8], start: usize, secret: &[u8]) -> Option<usize> {
+    let hex = |digit: Option<&u8>| digit.and_then(|digit| char::from(*digit).to_digit(16));
+    let mut at = start;
+    for &byte in secret {
+        match text.get(at) {
+            Some(found) if *found == byte => at += 1,
+            Some(b'+') if byte == b' ' => at += 1,
+            Some(b'%')
+                if hex(text.get(at + 1)).zip(hex(text.get(at + 2))).map(|(high, low)| high * 16 + low)
+                    == Some(u32::from(byte)) =>
+            {
+                at += 3
+            }
+            _ => return None,
+        }
+    }
+    Some(at)
+}
+
 async fn execute(builder: reqwest::RequestBuilder) -> Result<proto::HttpResponse, abi::Status> {
     let mut response = builder.send().await.map_err(|err| transport_status(&err))?;
     let status_code = u32::from(response.status().as_u16());
@@ -281,4 +339,35 @@ pub(crate) fn monotonic_nanos() -> u64 {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{redact, redactions};
+
+    #[test]
+    fn secrets_are_redacted_raw_percent_encoded_and_trimmed() {
+        let secrets = redactions(["2:ab/c+d=\n".as_bytes(), b"s3cr3t value", b"abc"].into_iter());
+        let cases = [
+            // Raw, as the configured value and without its final newline.
+            ("key 2:ab/c+d=\n and 2:ab/c+d= end", "key [redacted] and [redacted] end"),
+            // In a URL path, encoded in whole or in part, in either case.
+            (
+                "GET https://store.example/developer/2%3Aab%2Fc%2Bd%3D/user/u",
+                "GET https://store.example/developer/[redacted]/user/u",
+            ),
+            ("/developer/2:ab%2fc+d=/user", "/developer/[redacted]/user"),
+            // Form-encoded, a space as `+`.
+            ("secret=s3cr3t+value&x=1", "secret=[redacted]&x=1"),
+            ("secret=s3cr3t%20value", "secret=[redacted]"),
+            // Near misses and short values stay.
+            ("2:ab/c+d and 2%3Aab%2Fc%2Bd%3", "2:ab/c+d and 2%3Aab%2Fc%2Bd%3"),
+            ("abc abc", "abc abc"),
+            ("é 2:ab/c+d= é", "é [redacted] é"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(redact(text, &secrets), expected, "{text}");
+        }
+        assert_eq!(redact("nothing to hide", &[]), "nothing to hide");
+    }
 }

@@ -5,6 +5,7 @@
 //! libraries (built by `cargo build --workspace`) on a free port.
 
 mod abi; // plugins in C and misbehaving plugins: loading, refusals, panics, allowlist, deadlines
+mod amazon; // the Amazon plugin in the real binary against its emulator, a log scan for its secret, the README's Amazon walkthrough
 mod api; // every RPC through a tonic client against the sandbox store
 mod app_store; // the App Store plugin in the real binary against its emulator, and Apple's Python library
 mod cafe_bazaar; // the Cafe Bazaar plugin in the real binary against its emulator

@@ -267,7 +267,7 @@ impl Api {
             loop {
                 let token = self.entra.token(cx, &self.retry).await?;
                 let request = HttpRequest::post(url).bearer(&token.value).header("user-agent", USER_AGENT).json(body)?;
-                let response = retry::attempt(cx, request).await?;
+                let response = retry::http(cx, request).await?;
                 let status = response.status();
                 if (200..300).contains(&status) {
                     return Ok(Reply::Success(response));

@@ -75,7 +75,7 @@ impl Entra {
             let request = HttpRequest::post(self.token_url.as_str())
                 .header("content-type", "application/x-www-form-urlencoded; charset=utf-8")
                 .body(form.clone());
-            let response = retry::attempt(cx, request).await?;
+            let response = retry::http(cx, request).await?;
             let status = response.status();
             if status == 429 || status >= 500 {
                 let error = parse_error(&response);

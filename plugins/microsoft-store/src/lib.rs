@@ -370,8 +370,8 @@ fn proof<'a>(
     allowed: &[&str],
 ) -> Result<(&'a str, &'a HashMap<String, String>), PluginError> {
     let key = checks::purchase_token(proof, "microsoft store (the user's collections store id key)")?;
-    checks::known_store_parameters(proof, allowed, PARAMETERS_HINT)?;
     let parameters = &proof.expect("a purchase token is in a proof").store_parameters;
+    checks::only_store_parameters(parameters, allowed, PARAMETERS_HINT)?;
     Ok((key, parameters))
 }
 

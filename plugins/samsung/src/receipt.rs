@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use iapd_sdk_plugin::checks;
 use iapd_sdk_plugin::path_segment as encode;
 use iapd_sdk_plugin::prelude::*;
 use iapd_sdk_plugin::proto::{
@@ -32,22 +33,14 @@ impl<'a> TizenTicket<'a> {
         if parameters.is_empty() {
             return Ok(None);
         }
-        let mut unknown: Vec<&String> = parameters.keys().filter(|key| !TIZEN_PARAMS.contains(&key.as_str())).collect();
-        unknown.sort();
-        if let Some(key) = unknown.first() {
-            return Err(PluginError::invalid_argument(format!(
-                "proof.store_parameters: `{key}` is not a tizen ticket parameter; only param1..param5 are accepted (the verify url comes from the config `tizen_verify_url`)"
-            ))
-            .with_reason("UNKNOWN_STORE_PARAMETER"));
-        }
+        checks::only_store_parameters(
+            parameters,
+            &TIZEN_PARAMS,
+            "the tizen ticket's parameters; the verify url comes from the config `tizen_verify_url`",
+        )?;
         let mut params = [""; 5];
         for (slot, name) in params.iter_mut().zip(TIZEN_PARAMS) {
-            *slot = parameters.get(name).map(String::as_str).filter(|value| !value.is_empty()).ok_or_else(|| {
-                PluginError::invalid_argument(format!(
-                    "proof.store_parameters: `{name}` is missing; a tizen ticket needs param1..param5"
-                ))
-                .with_reason("MISSING_STORE_PARAMETER")
-            })?;
+            *slot = checks::store_parameter(parameters, name, "a tizen ticket needs param1..param5")?;
         }
         Ok(Some(TizenTicket { params }))
     }

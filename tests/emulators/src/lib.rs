@@ -7,6 +7,7 @@
 //! plugin's unit tests can call it in-process through the SDK's kit, and
 //! [`spawn`] serves it over HTTP for the server's integration tests.
 
+pub mod amazon;
 pub mod app_store;
 pub mod cafe_bazaar;
 mod faults;

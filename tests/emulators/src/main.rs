@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use iapd_emulators::Emulator;
+use iapd_emulators::amazon::{self, Amazon};
 use iapd_emulators::app_store::{self, AppStore};
 use iapd_emulators::cafe_bazaar::{self, CafeBazaar};
 use iapd_emulators::google_play::{self, GooglePlay};
@@ -87,6 +88,16 @@ enum Store {
         #[arg(long)]
         root_out: Option<PathBuf>,
     },
+    /// The Amazon Appstore's Receipt Verification Service (production, and the RVS Cloud Sandbox
+    /// under /sandbox).
+    Amazon {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8101")]
+        listen: SocketAddr,
+        /// A state file (shared secrets, receipts); the built-in demo state if absent.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -126,6 +137,10 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("app store emulator root certificate written to {}", path.display());
             }
             ("app store", listen, Arc::new(emulator))
+        }
+        Store::Amazon { listen, state } => {
+            let seed = parse_state(state.as_deref(), amazon::DEFAULT_STATE)?;
+            ("amazon", listen, Arc::new(Amazon::new(seed)))
         }
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
