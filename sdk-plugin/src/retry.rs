@@ -95,3 +95,13 @@ where
         })
         .await
 }
+
+/// Sends `request` through the host for a store call that
+/// [`with_retries`] retries: no answer in time is retryable, since the next
+/// attempt may answer within the call's deadline. Any HTTP status is `Ok`.
+pub async fn send(cx: &Ctx, request: crate::HttpRequest) -> Result<HttpResponse, PluginError> {
+    cx.http(request).await.map_err(|err| {
+        let retryable = err.is_retryable() || err.code() == Code::DeadlineExceeded;
+        err.retryable(retryable)
+    })
+}

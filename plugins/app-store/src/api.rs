@@ -173,11 +173,7 @@ impl ServerApi {
                 let request = HttpRequest::new(method, url.as_str())
                     .bearer(&token.value)
                     .header("accept", "application/json");
-                let response = cx.http(request).await.map_err(|err| {
-                    // A timed-out attempt may succeed on the next one, within the call's deadline.
-                    let retryable = err.is_retryable() || err.code() == Code::DeadlineExceeded;
-                    err.retryable(retryable)
-                })?;
+                let response = retry::send(cx, request).await?;
                 let status = response.status();
                 if (200..300).contains(&status) {
                     return Ok(Answer::Success(response));

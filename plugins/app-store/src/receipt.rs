@@ -167,10 +167,7 @@ async fn post(
 ) -> Result<(VerifyReceiptResponse, String), PluginError> {
     with_retries(cx, &store.config.retry, "verifyReceipt", || async {
         let request = HttpRequest::post(url).header("content-type", "application/json").body(body.to_owned());
-        let response = cx.http(request).await.map_err(|err| {
-            let retryable = err.is_retryable() || err.code() == Code::DeadlineExceeded;
-            err.retryable(retryable)
-        })?;
+        let response = retry::send(cx, request).await?;
         let status = response.status();
         if status >= 500 || status == 429 {
             let message = format!("the app store answered verifyReceipt with http {status}");

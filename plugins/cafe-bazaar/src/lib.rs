@@ -307,11 +307,7 @@ impl CafeBazaar {
                     }
                 };
                 self.count_call(cx);
-                let response = cx.http(request).await.map_err(|err| {
-                    // A timed-out attempt may succeed on the next one, within the call's deadline.
-                    let retryable = err.is_retryable() || err.code() == Code::DeadlineExceeded;
-                    err.retryable(retryable)
-                })?;
+                let response = retry::send(cx, request).await?;
                 let status = response.status();
                 match status {
                     200..=299 => return Ok(Answer::Success(response)),

@@ -214,10 +214,7 @@ impl DevApi {
 /// One HTTP attempt. No answer in time is retryable (the next attempt may
 /// answer within the call's deadline), and so are 429 and 5xx.
 pub(crate) async fn exchange(cx: &Ctx, request: HttpRequest, what: &str) -> Result<HttpResponse, PluginError> {
-    let response = cx.http(request).await.map_err(|err| {
-        let retryable = err.is_retryable() || err.code() == Code::DeadlineExceeded;
-        err.retryable(retryable)
-    })?;
+    let response = retry::send(cx, request).await?;
     let status = response.status();
     if status == 429 || status >= 500 {
         let error = SamsungError::parse(&response);
