@@ -12,6 +12,7 @@ pub mod cafe_bazaar;
 mod faults;
 pub mod google_play;
 mod http;
+pub mod huawei;
 pub mod samsung;
 mod store;
 

@@ -15,6 +15,7 @@ use iapd_emulators::Emulator;
 use iapd_emulators::app_store::{self, AppStore};
 use iapd_emulators::cafe_bazaar::{self, CafeBazaar};
 use iapd_emulators::google_play::{self, GooglePlay};
+use iapd_emulators::huawei::{self, Huawei};
 use iapd_emulators::samsung::{self, Samsung};
 
 /// The test-only key every Google Play emulator trusts unless told otherwise
@@ -75,6 +76,19 @@ enum Store {
         #[arg(long)]
         root_out: Option<PathBuf>,
     },
+    /// Huawei AppGallery's IAP server APIs (OAuth token, order and subscription services) and the
+    /// AppGallery Connect product API, signing purchase data with a test IAP key.
+    Huawei {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8101")]
+        listen: SocketAddr,
+        /// A state file (apps, Connect API clients, purchases); the built-in demo state if absent.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The IAP private key (PKCS#8 PEM) to sign with; the test fixture key if absent.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -110,6 +124,14 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("app store emulator root certificate written to {}", path.display());
             }
             ("app store", listen, Arc::new(emulator))
+        }
+        Store::Huawei { listen, state, signing_key } => {
+            let seed = parse_state(state.as_deref(), huawei::DEFAULT_STATE)?;
+            let key = match signing_key {
+                Some(path) => read(&path)?,
+                None => huawei::FIXTURE_SIGNING_KEY.to_owned(),
+            };
+            ("huawei", listen, Arc::new(Huawei::new(seed, &key).map_err(anyhow::Error::msg)?))
         }
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
