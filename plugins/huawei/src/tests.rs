@@ -371,6 +371,7 @@ fn the_access_token_is_cached_sent_as_appat_basic_and_refreshed_once_after_a_401
     let token = &setup.emulator.issued_tokens()[0];
     let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("APPAT:{token}")));
     assert_eq!(requests[1].header_value("authorization"), Some(expected.as_str()));
+    assert_eq!(iapd_emulators::huawei::authorization(token), expected);
 
     setup.kit.advance_clock(3_600_000);
     setup.emulator.set_clock(setup.kit.now_unix_millis());

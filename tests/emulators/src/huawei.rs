@@ -78,6 +78,12 @@ const CONNECT_TOKEN_LIFETIME_SECS: i64 = 172_800;
 const MAX_CANCELLED_ROWS: i64 = 1000;
 const MAX_PMS_PAGE_SIZE: i64 = 100;
 
+/// The `Authorization` value of an IAP call with `access_token`: Basic, of
+/// `APPAT:` and the token.
+pub fn authorization(access_token: &str) -> String {
+    format!("Basic {}", BASE64.encode(format!("APPAT:{access_token}")))
+}
+
 /// The emulator.
 #[derive(Debug)]
 pub struct Huawei {
