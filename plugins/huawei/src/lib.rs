@@ -445,8 +445,12 @@ impl Huawei {
             cx.log(log::Level::Warn, &format!("huawei: the {what}'s signed data was refused: {err}"));
             return Ok(Lookup::Forged(err.to_string()));
         }
-        let data: PurchaseData = serde_json::from_str(signed)
+        let mut data: PurchaseData = serde_json::from_str(signed)
             .map_err(|_| malformed(format!("a {data_field} that is not the purchase data expected")))?;
+        if target.subscription_id.is_some() {
+            // The subscription service answers only for subscriptions.
+            data.kind.get_or_insert(2);
+        }
         let cancellation =
             if self.config.check_cancelled_list && target.subscription_id.is_none() && data.purchase_state == Some(0) {
                 self.cancelled(cx, target, &data).await?

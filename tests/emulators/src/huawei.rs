@@ -671,3 +671,118 @@ fn oauth_error(status: u16, error: i64, sub_error: i64, description: &str) -> Re
 fn pms_error(status: u16, code: i64, message: &str) -> Response {
     Response::json(status, &json!({"error": {"errorCode": code, "errorMsg": message}}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(emulator: &Huawei) -> String {
+        let form = "grant_type=client_credentials&client_id=101486545&client_secret=hw-demo-app-secret-6c1f";
+        let answer = emulator.handle(&Request::new("POST", "/oauth2/v3/token").body(form));
+        assert_eq!(answer.status, 200);
+        answer.json_body()["access_token"].as_str().unwrap_or_default().to_owned()
+    }
+
+    fn call(emulator: &Huawei, path: &str, authorization: &str, body: Value) -> Response {
+        let request =
+            Request::new("POST", path).header("authorization", authorization).body(body.to_string().into_bytes());
+        emulator.handle(&request)
+    }
+
+    #[test]
+    fn token_refusals_are_http_400_with_numeric_codes() {
+        let emulator = Huawei::with_default_state();
+        for (form, sub_error) in [
+            ("grant_type=client_credentials&client_id=abc&client_secret=x", 20002),
+            ("grant_type=client_credentials&client_id=100000001&client_secret=x", 20003),
+            ("grant_type=client_credentials&client_id=101486545&client_secret=wrong", 12304),
+        ] {
+            let answer = emulator.handle(&Request::new("POST", "/oauth2/v3/token").body(form));
+            assert_eq!(answer.status, 400, "{form}");
+            assert_eq!(answer.json_body()["error"], 1101, "a number, not a string");
+            assert_eq!(answer.json_body()["sub_error"], sub_error, "{form}");
+        }
+        let answer = &emulator.handle(
+            &Request::new("POST", "/oauth2/v3/token")
+                .body("grant_type=client_credentials&client_id=101486545&client_secret=hw-demo-app-secret-6c1f"),
+        );
+        assert_eq!(answer.json_body()["expires_in"], 3600);
+    }
+
+    #[test]
+    fn only_the_appat_basic_header_is_accepted() {
+        let emulator = Huawei::with_default_state();
+        let token = token(&emulator);
+        let body = json!({"purchaseToken": "hw-purchased", "productId": "coins_100"});
+        let path = "/applications/purchases/tokens/verify";
+        let answer = call(&emulator, path, &authorization(&token), body.clone());
+        assert_eq!((answer.status, answer.json_body()["responseCode"].clone()), (200, json!("0")));
+        let short = format!("Basic {}", BASE64.encode(format!("AT:{token}")));
+        for refused in [format!("Bearer {token}"), short.clone(), authorization("made-up"), "Basic %%%".to_owned()] {
+            let answer = call(&emulator, path, &refused, body.clone());
+            assert_eq!(answer.status, 401, "{refused}");
+            assert_eq!(answer.json_body()["responseCode"], "6", "{refused}");
+        }
+        let lenient = Huawei::new(
+            Seed { accept_at_prefix: true, ..serde_json::from_str(DEFAULT_STATE).unwrap() },
+            FIXTURE_SIGNING_KEY,
+        )
+        .unwrap();
+        let token = self::token(&lenient);
+        let short = format!("Basic {}", BASE64.encode(format!("AT:{token}")));
+        assert_eq!(call(&lenient, path, &short, body).status, 200, "AT: with acceptAtPrefix");
+    }
+
+    #[test]
+    fn the_cancelled_list_is_a_json_string_and_takes_numeric_strings() {
+        let emulator = Huawei::with_default_state();
+        let auth = authorization(&token(&emulator));
+        let path = "/applications/v2/purchases/cancelledList";
+        let answer = call(
+            &emulator,
+            path,
+            &auth,
+            json!({"startAt": "1767225600000", "endAt": "1780272000000", "maxRows": "1000", "type": "0"}),
+        );
+        let list = answer.json_body()["cancelledPurchaseList"].as_str().map(str::to_owned).unwrap_or_default();
+        let rows: Vec<Value> = serde_json::from_str(&list).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0]["purchaseToken"].as_str(), rows[0]["cancelledReason"].as_i64()),
+            (Some("hw-charged-back"), Some(6))
+        );
+        for bad in
+            [json!({"startAt": 2, "endAt": 1}), json!({"startAt": 1, "endAt": 2, "maxRows": 1001}), json!({"endAt": 2})]
+        {
+            assert_eq!(call(&emulator, path, &auth, bad.clone()).json_body()["responseCode"], "6", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_product_api_needs_its_own_token_and_client_id() {
+        let emulator = Huawei::with_default_state();
+        let path = "/api/pms/product-price-service/v1/manage/product/list";
+        let iap_token = token(&emulator);
+        let request = Request::new("POST", path)
+            .header("authorization", &format!("Bearer {iap_token}"))
+            .header("client_id", "hw-connect-demo")
+            .header("appid", "101486545");
+        assert_eq!(emulator.handle(&request).status, 401, "an app-level token is not a connect api token");
+        let body = json!({"grant_type": "client_credentials", "client_id": "hw-connect-demo", "client_secret": "hw-demo-connect-key-93ab"});
+        let answer = emulator.handle(&Request::new("POST", "/api/oauth2/v1/token").body(body.to_string().into_bytes()));
+        assert_eq!(answer.json_body()["expires_in"], 172_800);
+        let connect = answer.json_body()["access_token"].as_str().unwrap_or_default().to_owned();
+        let list = |client: &str| {
+            emulator.handle(
+                &Request::new("POST", path)
+                    .header("authorization", &format!("Bearer {connect}"))
+                    .header("client_id", client)
+                    .header("appid", "101486545")
+                    .body(b"{}".to_vec()),
+            )
+        };
+        assert_eq!(list("someone-else").status, 401);
+        let answer = list("hw-connect-demo").json_body();
+        assert_eq!((answer["error"]["errorCode"].as_i64(), answer["totalNumber"].as_i64()), (Some(0), Some(5)));
+    }
+}
