@@ -41,7 +41,7 @@ fn start(extra: &str, envs: &[(&str, &str)]) -> AmazonEnv {
     let secret = root().join("tests/fixtures/amazon/shared-secret");
     let stores = std::fs::read_to_string(root().join("tests/fixtures/amazon/iapd.toml"))
         .unwrap()
-        .replace("127.0.0.1:8101", &running.address.to_string())
+        .replace("127.0.0.1:8102", &running.address.to_string())
         .replace("tests/fixtures/amazon/shared-secret", &secret.display().to_string());
     let config = sandbox.write_config(&format!("{stores}\n{extra}"));
     let server = Server::start(Some(&config), envs);
@@ -248,12 +248,12 @@ fn the_readme_walkthrough_works_against_the_emulator() {
     let env = start("", &[]);
     let lines = crate::grpcurl::readme_lines(|line| {
         (line.starts_with("grpcurl ") && line.contains("localhost:50058"))
-            || (line.starts_with("curl ") && line.contains("127.0.0.1:8101"))
+            || (line.starts_with("curl ") && line.contains("127.0.0.1:8102"))
     });
     assert!(lines.len() >= 10, "the README lost its Amazon walkthrough: {lines:?}");
     let outputs = crate::grpcurl::run_all(&lines, |line| {
         line.replace("localhost:50058", &env.server.address.to_string())
-            .replace("127.0.0.1:8101", &env.running.address.to_string())
+            .replace("127.0.0.1:8102", &env.running.address.to_string())
     });
     let all = outputs.join("\n");
     for expected in [

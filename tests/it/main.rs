@@ -13,6 +13,7 @@ mod clients; // clients made from proto/ in Python, Go and Node, reading error d
 mod config; // configuration errors, env overrides, check-config, plugins
 mod google_play; // the Google Play plugin in the real binary against the emulator, and Google's Python client
 mod grpcurl; // the README's grpcurl examples, reflection and health, run literally
+mod huawei; // the Huawei plugin in the real binary against its emulator, and the README's Huawei walkthrough
 mod in_process; // the server as a library: serve() on port 0 with a shutdown future
 mod invariants; // architecture invariants from ARCHITECTURE.md
 mod ledger; // the ledger on SQLite and PostgreSQL: claims, replays, kill -9, two replicas, a lost database

@@ -13,6 +13,7 @@ pub mod cafe_bazaar;
 mod faults;
 pub mod google_play;
 mod http;
+pub mod huawei;
 pub mod microsoft_store;
 pub mod samsung;
 mod store;

@@ -16,6 +16,7 @@ use iapd_emulators::amazon::{self, Amazon};
 use iapd_emulators::app_store::{self, AppStore};
 use iapd_emulators::cafe_bazaar::{self, CafeBazaar};
 use iapd_emulators::google_play::{self, GooglePlay};
+use iapd_emulators::huawei::{self, Huawei};
 use iapd_emulators::microsoft_store::{self, MicrosoftStore};
 use iapd_emulators::samsung::{self, Samsung};
 
@@ -92,11 +93,24 @@ enum Store {
     /// under /sandbox).
     Amazon {
         /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8101")]
+        #[arg(long, default_value = "127.0.0.1:8102")]
         listen: SocketAddr,
         /// A state file (shared secrets, receipts); the built-in demo state if absent.
         #[arg(long)]
         state: Option<PathBuf>,
+    },
+    /// Huawei AppGallery's IAP server APIs (OAuth token, order and subscription services) and the
+    /// AppGallery Connect product API, signing purchase data with a test IAP key.
+    Huawei {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8103")]
+        listen: SocketAddr,
+        /// A state file (apps, Connect API clients, purchases); the built-in demo state if absent.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The IAP private key (PKCS#8 PEM) to sign with; the test fixture key if absent.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
     },
 }
 
@@ -141,6 +155,14 @@ async fn main() -> anyhow::Result<()> {
         Store::Amazon { listen, state } => {
             let seed = parse_state(state.as_deref(), amazon::DEFAULT_STATE)?;
             ("amazon", listen, Arc::new(Amazon::new(seed)))
+        }
+        Store::Huawei { listen, state, signing_key } => {
+            let seed = parse_state(state.as_deref(), huawei::DEFAULT_STATE)?;
+            let key = match signing_key {
+                Some(path) => read(&path)?,
+                None => huawei::FIXTURE_SIGNING_KEY.to_owned(),
+            };
+            ("huawei", listen, Arc::new(Huawei::new(seed, &key).map_err(anyhow::Error::msg)?))
         }
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
