@@ -22,7 +22,11 @@ if [ ! -x "$tools/venv/bin/grpcurl" ] || [ ! -x "$tools/venv/bin/python" ] \
     google-api-python-client google-auth app-store-server-library
 fi
 node_packages="@bufbuild/buf @grpc/grpc-js @grpc/proto-loader protobufjs"
-if ! (cd "$tools/node" 2>/dev/null && npm ls --silent $node_packages >/dev/null 2>&1); then
+missing_node=""
+for package in $node_packages; do
+  [ -f "$tools/node/node_modules/$package/package.json" ] || missing_node="$missing_node $package"
+done
+if [ -n "$missing_node" ]; then
   mkdir -p "$tools/node"
   npm install --silent --no-audit --no-fund --prefix "$tools/node" $node_packages >/dev/null
 fi
