@@ -66,6 +66,9 @@ fn the_readme_examples_work_as_written() {
         "\"verdict\": \"VERDICT_VALID\"",
         "\"verdict\": \"VERDICT_REFUNDED\"",
         "\"verdict\": \"VERDICT_USER_MISMATCH\"",
+        // The ledger's walkthrough: alice claims, bob's replay is refused.
+        "\"claim\": \"CLAIM_NEW\"",
+        "\"verdict\": \"VERDICT_CLAIMED_BY_OTHER_USER\"",
         "\"alreadyConsumed\": true",
         "\"nextPageToken\"",
         "\"status\": \"SERVING\"",

@@ -138,3 +138,16 @@ fn regex_lite_find(code: &str) -> bool {
 fn defines_function(code: &str) -> bool {
     code.split("fn").nth(1).is_some_and(|rest| rest.trim_start().starts_with(|c: char| c.is_alphabetic() || c == '_'))
 }
+
+#[test]
+fn the_ledger_knows_no_store_no_plugin_and_no_grpc() {
+    let mut files = Vec::new();
+    rust_files(&root().join("server/ledger"), &mut files);
+    assert!(!files.is_empty(), "server/ledger has Rust files");
+    for file in files {
+        let code = std::fs::read_to_string(&file).unwrap();
+        for forbidden in ["crate::host", "iapd_sdk_plugin", "tonic", "crate::service"] {
+            assert!(!code.contains(forbidden), "{} uses {forbidden}", file.display());
+        }
+    }
+}
