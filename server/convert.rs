@@ -103,7 +103,7 @@ fn environment(environment: i32) -> i32 {
     environment.into()
 }
 
-fn timestamp(unix_millis: i64) -> Option<Timestamp> {
+pub(crate) fn timestamp(unix_millis: i64) -> Option<Timestamp> {
     (unix_millis > 0).then(|| Timestamp {
         seconds: unix_millis.div_euclid(1000),
         nanos: i32::try_from(unix_millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),

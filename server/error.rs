@@ -80,6 +80,13 @@ pub enum ApiError {
         /// What the database said (logged, not sent).
         detail: String,
     },
+    /// The ledger refused a grant.
+    GrantRefused(crate::ledger::GrantRefusal),
+    /// An RPC that needs the ledger, with `ledger.enabled = false`.
+    LedgerDisabled {
+        /// The RPC.
+        operation: &'static str,
+    },
     /// The plugin answered with something that does not decode.
     MalformedAnswer {
         /// The store id.
@@ -203,6 +210,30 @@ impl From<ApiError> for Status {
                 Status::with_error_details(
                     Code::Unavailable,
                     "the ledger is unavailable, so nothing was recorded and no verdict is given; retry",
+                    details,
+                )
+            }
+            ApiError::GrantRefused(refusal) => {
+                use crate::ledger::GrantRefusal;
+                let (code, reason) = match &refusal {
+                    GrantRefusal::UnknownPurchase(_) => (Code::NotFound, "PURCHASE_NOT_IN_LEDGER"),
+                    GrantRefusal::UnknownGrant(_) => (Code::NotFound, "GRANT_NOT_FOUND"),
+                    GrantRefusal::NotOwner => (Code::PermissionDenied, "NOT_PURCHASE_OWNER"),
+                    GrantRefusal::NotGrantable(_) => (Code::FailedPrecondition, "PURCHASE_NOT_GRANTABLE"),
+                    GrantRefusal::ConsumedWithoutGrant => (Code::FailedPrecondition, "CONSUMED_WITHOUT_GRANT"),
+                };
+                let details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+                Status::with_error_details(code, refusal.to_string(), details)
+            }
+            ApiError::LedgerDisabled { operation } => {
+                let details = ErrorDetails::with_error_info(
+                    "LEDGER_DISABLED",
+                    DOMAIN,
+                    HashMap::from([("operation".to_owned(), operation.to_owned())]),
+                );
+                Status::with_error_details(
+                    Code::FailedPrecondition,
+                    format!("{operation} needs the ledger, and this server runs with ledger.enabled = false"),
                     details,
                 )
             }

@@ -32,6 +32,38 @@ impl PurchaseApi {
         PurchaseApi { host, ledger, default_timeout: config.default_timeout }
     }
 
+    fn ledger(&self, operation: &'static str) -> Result<&Ledger, ApiError> {
+        self.ledger.as_ref().ok_or(ApiError::LedgerDisabled { operation })
+    }
+
+    /// Runs a ledger operation within the call's deadline.
+    async fn within<T>(
+        &self,
+        deadline: Instant,
+        operation: impl std::future::Future<Output = Result<T, ledger::LedgerError>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout_at(deadline.into(), operation).await {
+            Err(_) => Err(ApiError::CallDeadlineExceeded),
+            Ok(Err(ledger::LedgerError::Refused(refusal))) => Err(ApiError::GrantRefused(refusal)),
+            Ok(Err(err)) => Err(ApiError::LedgerUnavailable { detail: err.to_string() }),
+            Ok(Ok(value)) => Ok(value),
+        }
+    }
+
+    /// Records what the store confirmed, when the ledger is on; a purchase
+    /// never verified through iapd is not in the ledger and stays out.
+    async fn record_store_action(
+        &self,
+        store: &str,
+        app_id: &str,
+        proof: &pb::PurchaseProof,
+        action: ledger::StoreAction,
+        deadline: Instant,
+    ) -> Result<(), ApiError> {
+        let Some(ledger) = &self.ledger else { return Ok(()) };
+        self.within(deadline, ledger.record_store_action(store, app_id, proof, action)).await.map(|_| ())
+    }
+
     /// Records a Verify's decision in the ledger before it is answered; a
     /// purchase another user owns becomes VERDICT_CLAIMED_BY_OTHER_USER.
     async fn record(
@@ -51,10 +83,7 @@ impl PurchaseApi {
             verdict: answer.verdict(),
             purchase: answer.purchase.as_ref(),
         };
-        let recorded = tokio::time::timeout_at(deadline.into(), ledger.record(&observation))
-            .await
-            .map_err(|_| ApiError::CallDeadlineExceeded)?
-            .map_err(|err| ApiError::LedgerUnavailable { detail: err.to_string() })?;
+        let recorded = self.within(deadline, ledger.record(&observation)).await?;
         if recorded.claim == ledger::Claim::ClaimedByOther {
             answer.set_verdict(pb::Verdict::ClaimedByOtherUser);
             answer.verdict_reason = "the store says this purchase is real, but another user owns it in iapd's ledger \
@@ -136,14 +165,17 @@ impl PurchaseService for PurchaseApi {
         validate::app_and_product(&request.app_id, &request.product_id)?;
         validate::proof(request.proof.as_ref())?;
         validate::developer_payload(&request.developer_payload)?;
+        let proof = request.proof.clone().unwrap_or_default();
         let plugin_request = plugin::AcknowledgeRequest {
-            app_id: request.app_id,
+            app_id: request.app_id.clone(),
             product_id: request.product_id,
             proof: request.proof.map(convert::proof),
             developer_payload: request.developer_payload,
         };
         let answer: plugin::AcknowledgeResponse = self
             .call(store, (abi::CAP_ACKNOWLEDGE, "Acknowledge"), abi::method::ACKNOWLEDGE, plugin_request, deadline)
+            .await?;
+        self.record_store_action(&request.store, &request.app_id, &proof, ledger::StoreAction::Acknowledged, deadline)
             .await?;
         Ok(Response::new(pb::AcknowledgeResponse { already_acknowledged: answer.already_acknowledged }))
     }
@@ -154,13 +186,16 @@ impl PurchaseService for PurchaseApi {
         let store = self.store(&request.store)?;
         validate::app_and_product(&request.app_id, &request.product_id)?;
         validate::proof(request.proof.as_ref())?;
+        let proof = request.proof.clone().unwrap_or_default();
         let plugin_request = plugin::ConsumeRequest {
-            app_id: request.app_id,
+            app_id: request.app_id.clone(),
             product_id: request.product_id,
             proof: request.proof.map(convert::proof),
         };
         let answer: plugin::ConsumeResponse =
             self.call(store, (abi::CAP_CONSUME, "Consume"), abi::method::CONSUME, plugin_request, deadline).await?;
+        self.record_store_action(&request.store, &request.app_id, &proof, ledger::StoreAction::Consumed, deadline)
+            .await?;
         Ok(Response::new(pb::ConsumeResponse { already_consumed: answer.already_consumed }))
     }
 
@@ -187,6 +222,37 @@ impl PurchaseService for PurchaseApi {
             items: answer.items.into_iter().map(convert::catalog_item).collect(),
             next_page_token: answer.next_page_token,
         }))
+    }
+
+    async fn grant(&self, request: Request<pb::GrantRequest>) -> Result<Response<pb::GrantResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let request = request.into_inner();
+        let ledger = self.ledger("Grant")?;
+        validate::purchase_id(&request.purchase_id)?;
+        validate::grant_user_id(&request.user_id)?;
+        let grant = self.within(deadline, ledger.grant(&request.purchase_id, &request.user_id)).await?;
+        let state = match grant.state {
+            ledger::GrantState::Started => pb::GrantState::Started,
+            ledger::GrantState::Pending => pb::GrantState::Pending,
+            ledger::GrantState::Confirmed => pb::GrantState::Confirmed,
+        };
+        Ok(Response::new(pb::GrantResponse {
+            grant_id: grant.grant_id,
+            state: state.into(),
+            started_time: convert::timestamp(grant.started_ms),
+        }))
+    }
+
+    async fn confirm_grant(
+        &self,
+        request: Request<pb::ConfirmGrantRequest>,
+    ) -> Result<Response<pb::ConfirmGrantResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let request = request.into_inner();
+        let ledger = self.ledger("ConfirmGrant")?;
+        validate::grant_id(&request.grant_id)?;
+        let already_confirmed = self.within(deadline, ledger.confirm_grant(&request.grant_id)).await?;
+        Ok(Response::new(pb::ConfirmGrantResponse { already_confirmed }))
     }
 
     async fn list_stores(

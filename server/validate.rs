@@ -84,6 +84,29 @@ pub(crate) fn user_id(value: &str) -> Result<(), ApiError> {
     bounded("user_id", value, MAX_ID)
 }
 
+/// A ledger id (`pur_…`, `grt_…`): the prefix and 32 lowercase hex digits.
+fn ledger_id(field: &str, value: &str, prefix: &str) -> Result<(), ApiError> {
+    required(field, value, MAX_ID)?;
+    let digits = value.strip_prefix(prefix).unwrap_or("");
+    if digits.len() != 32 || !digits.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte)) {
+        return Err(invalid(field, format!("is not a ledger id (`{prefix}` and 32 hex digits)")));
+    }
+    Ok(())
+}
+
+pub(crate) fn purchase_id(value: &str) -> Result<(), ApiError> {
+    ledger_id("purchase_id", value, "pur_")
+}
+
+pub(crate) fn grant_id(value: &str) -> Result<(), ApiError> {
+    ledger_id("grant_id", value, "grt_")
+}
+
+/// A grant needs the user it goes to.
+pub(crate) fn grant_user_id(value: &str) -> Result<(), ApiError> {
+    required("user_id", value, MAX_ID)
+}
+
 pub(crate) fn developer_payload(value: &str) -> Result<(), ApiError> {
     bounded("developer_payload", value, MAX_TOKEN)
 }

@@ -43,6 +43,60 @@ pub enum LedgerError {
     /// A read or write failed; nothing was recorded.
     #[error("the ledger is unavailable: {0}")]
     Unavailable(String),
+    /// A grant the ledger refuses; nothing was recorded.
+    #[error(transparent)]
+    Refused(#[from] GrantRefusal),
+}
+
+/// Why a grant is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantRefusal {
+    /// No such purchase.
+    #[error("no purchase `{0}` is in the ledger")]
+    UnknownPurchase(String),
+    /// The user neither owns the purchase nor shares it.
+    #[error("the purchase is not this user's")]
+    NotOwner,
+    /// The purchase's last verdict is not VALID.
+    #[error("the purchase's last verdict is {0}; only a VERDICT_VALID purchase is granted")]
+    NotGrantable(String),
+    /// It was consumed before any grant was started.
+    #[error("the purchase was consumed without a grant, so it is never granted")]
+    ConsumedWithoutGrant,
+    /// No such grant.
+    #[error("no grant `{0}` is in the ledger")]
+    UnknownGrant(String),
+}
+
+/// Where a grant stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantState {
+    /// This call started it: the caller grants.
+    Started,
+    /// Started before and not confirmed: the caller checks its records.
+    Pending,
+    /// Confirmed: granted, never again.
+    Confirmed,
+}
+
+/// A grant as the ledger answers it.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Its id, which the caller stores with the content it grants.
+    pub grant_id: String,
+    /// Where it stands.
+    pub state: GrantState,
+    /// When it was started (unix millis).
+    pub started_ms: i64,
+}
+
+/// What a store confirmed for a purchase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreAction {
+    /// Acknowledge succeeded.
+    Acknowledged,
+    /// Consume succeeded.
+    Consumed,
 }
 
 impl From<sqlx::Error> for LedgerError {
@@ -50,6 +104,9 @@ impl From<sqlx::Error> for LedgerError {
         LedgerError::Unavailable(error.to_string())
     }
 }
+
+/// How long start-up waits for the database.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -133,9 +190,21 @@ impl Ledger {
                 .map_err(|err| open_error(format!("cannot create folder `{}`: {err}", folder.display())))?;
         }
         let options = AnyConnectOptions::from_str(&url).map_err(|err| open_error(err.to_string()))?;
+        // One connection first, on a short fuse, so that a database that is
+        // not there stops start-up at once with its own error.
+        let probe =
+            tokio::time::timeout(OPEN_TIMEOUT, <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options))
+                .await
+                .map_err(|_| open_error(format!("no connection within {} s", OPEN_TIMEOUT.as_secs())))?
+                .map_err(|err| open_error(err.to_string()))?;
+        sqlx::Connection::close(probe).await.map_err(|err| open_error(err.to_string()))?;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { config.max_connections })
-            .acquire_timeout(Duration::from_secs(5))
+            // Waiting for a connection is bounded by each call's own deadline
+            // (the service times every ledger operation out at it), not here:
+            // a burst of calls that answer together queues for SQLite's one
+            // writer longer than any fixed wait would guess.
+            .acquire_timeout(Duration::from_secs(600))
             .connect_with(options)
             .await
             .map_err(|err| open_error(err.to_string()))?;
@@ -187,10 +256,7 @@ impl Ledger {
         let purchase = observation.purchase.cloned().unwrap_or_default();
         let state = purchase.state().as_str_name();
 
-        // SQLite: take the write lock at the start, so that two writers
-        // queue on the busy timeout instead of one failing at its upgrade.
-        let begin = if self.backend == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
-        let mut tx = self.pool.begin_with(begin).await?;
+        let mut tx = self.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO purchases (purchase_id, store, app_id, product_id, store_key, proof_hash, owner_user_id, \
              verdict, state, environment, kind, first_seen_ms, last_seen_ms, raw_store_response) \
@@ -300,6 +366,154 @@ impl Ledger {
         }
         tx.commit().await?;
         Ok(Recorded { purchase_id, first_seen_ms, seen_before: !inserted, claim })
+    }
+
+    /// Starts the grant of a purchase to a user, or finds the one started
+    /// before. The purchase row is locked first, so two callers racing get
+    /// one grant between them: one `Started`, the other `Pending`.
+    pub async fn grant(&self, purchase_id: &str, user_id: &str) -> Result<Grant, LedgerError> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let Some(row) = sqlx::query(
+            "UPDATE purchases SET last_seen_ms = last_seen_ms WHERE purchase_id = $1 \
+             RETURNING owner_user_id, verdict, consumed_ms, app_id",
+        )
+        .bind(purchase_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Err(GrantRefusal::UnknownPurchase(purchase_id.to_owned()).into());
+        };
+        let owner: Option<String> = row.try_get("owner_user_id")?;
+        let verdict: String = row.try_get("verdict")?;
+        let consumed_ms: Option<i64> = row.try_get("consumed_ms")?;
+        let app_id: String = row.try_get("app_id")?;
+        let shared = sqlx::query("SELECT 1 FROM purchase_shares WHERE purchase_id = $1 AND user_id = $2")
+            .bind(purchase_id)
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if owner.as_deref() != Some(user_id) && !shared {
+            return Err(GrantRefusal::NotOwner.into());
+        }
+        let existing =
+            sqlx::query("SELECT grant_id, state, started_ms FROM grants WHERE purchase_id = $1 AND user_id = $2")
+                .bind(purchase_id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(row) = existing {
+            let state: String = row.try_get("state")?;
+            let grant = Grant {
+                grant_id: row.try_get("grant_id")?,
+                state: if state == "confirmed" { GrantState::Confirmed } else { GrantState::Pending },
+                started_ms: row.try_get("started_ms")?,
+            };
+            tx.commit().await?;
+            return Ok(grant);
+        }
+        if verdict != pb::Verdict::Valid.as_str_name() {
+            return Err(GrantRefusal::NotGrantable(verdict).into());
+        }
+        if consumed_ms.is_some() {
+            return Err(GrantRefusal::ConsumedWithoutGrant.into());
+        }
+        let grant_id = new_grant_id()?;
+        sqlx::query(
+            "INSERT INTO grants (grant_id, purchase_id, user_id, state, started_ms, confirmed_ms) \
+             VALUES ($1, $2, $3, 'started', $4, NULL)",
+        )
+        .bind(&grant_id)
+        .bind(purchase_id)
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        self.history(&mut tx, purchase_id, now, "grant_started", format!("{grant_id} to {user_id}")).await?;
+        self.event(&mut tx, now, &app_id, user_id, "grant_started", purchase_id, grant_id.clone()).await?;
+        tx.commit().await?;
+        Ok(Grant { grant_id, state: GrantState::Started, started_ms: now })
+    }
+
+    /// Confirms a started grant; whether it had been confirmed before.
+    pub async fn confirm_grant(&self, grant_id: &str) -> Result<bool, LedgerError> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let confirmed = sqlx::query(
+            "UPDATE grants SET state = 'confirmed', confirmed_ms = $2 WHERE grant_id = $1 AND state = 'started' \
+             RETURNING purchase_id, user_id",
+        )
+        .bind(grant_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = confirmed else {
+            let known =
+                sqlx::query("SELECT 1 FROM grants WHERE grant_id = $1").bind(grant_id).fetch_optional(&mut *tx).await?;
+            tx.commit().await?;
+            return match known {
+                Some(_) => Ok(true),
+                None => Err(GrantRefusal::UnknownGrant(grant_id.to_owned()).into()),
+            };
+        };
+        let purchase_id: String = row.try_get("purchase_id")?;
+        let user_id: String = row.try_get("user_id")?;
+        let app_id: String = sqlx::query("SELECT app_id FROM purchases WHERE purchase_id = $1")
+            .bind(&purchase_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("app_id")?;
+        self.history(&mut tx, &purchase_id, now, "granted", format!("{grant_id} to {user_id}")).await?;
+        self.event(&mut tx, now, &app_id, &user_id, "granted", &purchase_id, grant_id.to_owned()).await?;
+        tx.commit().await?;
+        Ok(false)
+    }
+
+    /// Records an Acknowledge or Consume the store confirmed, for the
+    /// purchase this proof was verified as; `None` if it never was.
+    pub async fn record_store_action(
+        &self,
+        store: &str,
+        app_id: &str,
+        proof: &pb::PurchaseProof,
+        action: StoreAction,
+    ) -> Result<Option<String>, LedgerError> {
+        let now = now_ms();
+        let (column, kind) = match action {
+            StoreAction::Acknowledged => ("acknowledged_ms", "acknowledged"),
+            StoreAction::Consumed => ("consumed_ms", "consumed"),
+        };
+        let mut tx = self.begin().await?;
+        // The column name is one of two constants, never input.
+        let updated = sqlx::query(&format!(
+            "UPDATE purchases SET {column} = $4 WHERE store = $1 AND app_id = $2 AND proof_hash = $3 AND {column} IS NULL \
+             RETURNING purchase_id, owner_user_id"
+        ))
+        .bind(store)
+        .bind(app_id)
+        .bind(proof_hash(proof))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut recorded = None;
+        for row in updated {
+            let purchase_id: String = row.try_get("purchase_id")?;
+            let owner: Option<String> = row.try_get("owner_user_id")?;
+            self.history(&mut tx, &purchase_id, now, kind, String::new()).await?;
+            self.event(&mut tx, now, app_id, owner.as_deref().unwrap_or(""), kind, &purchase_id, String::new()).await?;
+            recorded = Some(purchase_id);
+        }
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    /// A write transaction. SQLite takes its write lock at the start, so
+    /// that two writers queue on the busy timeout instead of one failing at
+    /// its upgrade.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, LedgerError> {
+        let begin = if self.backend == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
+        Ok(self.pool.begin_with(begin).await?)
     }
 
     fn policy(&self, app_id: &str) -> ClaimPolicy {
@@ -412,6 +626,15 @@ pub fn redact_url(url: &str) -> String {
 fn purchase_id(store: &str, app_id: &str, store_key: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, format!("{store}\n{app_id}\n{store_key}").as_bytes());
     format!("pur_{}", hex(&digest.as_ref()[..16]))
+}
+
+/// A new grant id: random, so that no caller can confirm a grant it was not
+/// given.
+fn new_grant_id() -> Result<String, LedgerError> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| LedgerError::Unavailable("the system's random source failed".to_owned()))?;
+    Ok(format!("grt_{}", hex(&bytes)))
 }
 
 /// A hash of the proof: enough to recognize it again, useless to replay.

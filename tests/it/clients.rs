@@ -44,7 +44,7 @@ fn assert_client_passes(mut client: Command, server: &Server, what: &str) {
 }
 
 /// Generates Python messages and stubs of `files` (relative to `proto/`) into `out`.
-fn python_stubs(python: &Path, out: &Path, files: &[PathBuf]) {
+pub(crate) fn python_stubs(python: &Path, out: &Path, files: &[PathBuf]) {
     let proto = root().join("proto");
     let mut protoc = Command::new(python);
     protoc.args(["-m", "grpc_tools.protoc", "-I"]).arg(&proto);

@@ -268,3 +268,153 @@ fn migrate_applies_the_schema_and_is_idempotent() {
         }
     }
 }
+
+fn grant(purchase_id: &str, user_id: &str) -> pb::GrantRequest {
+    pb::GrantRequest { purchase_id: purchase_id.into(), user_id: user_id.into() }
+}
+
+fn confirm(grant_id: &str) -> pb::ConfirmGrantRequest {
+    pb::ConfirmGrantRequest { grant_id: grant_id.into() }
+}
+
+async fn verified_purchase_id(client: &mut Client, token: &str, user_id: &str) -> String {
+    let answer = client.verify(verify_for("com.example.game", token, user_id)).await.unwrap().into_inner();
+    ledger_of(&answer).purchase_id.clone()
+}
+
+type Client = pb::purchase_service_client::PurchaseServiceClient<tonic::transport::Channel>;
+
+#[tokio::test]
+async fn a_purchase_is_granted_once_to_its_owner_and_never_after_a_consume_without_grant() {
+    for db in Db::both() {
+        let db_name = db.name();
+        let server = db.start(&[]);
+        let mut client = server.client().await;
+        let purchase = verified_purchase_id(&mut client, &unique("purchased"), "alice").await;
+
+        let status = client.grant(grant(&purchase, "bob")).await.unwrap_err();
+        assert_eq!(error_info(&status), Some(("NOT_PURCHASE_OWNER".into(), "iapd".into())), "{db_name}");
+        assert_eq!(status.code(), Code::PermissionDenied);
+
+        let started = client.grant(grant(&purchase, "alice")).await.unwrap().into_inner();
+        assert_eq!(started.state(), pb::GrantState::Started, "{db_name}");
+        let retried = client.grant(grant(&purchase, "alice")).await.unwrap().into_inner();
+        assert_eq!((retried.state(), &retried.grant_id), (pb::GrantState::Pending, &started.grant_id), "{db_name}");
+        assert_eq!(retried.started_time, started.started_time);
+        assert!(!client.confirm_grant(confirm(&started.grant_id)).await.unwrap().into_inner().already_confirmed);
+        assert!(client.confirm_grant(confirm(&started.grant_id)).await.unwrap().into_inner().already_confirmed);
+        let after = client.grant(grant(&purchase, "alice")).await.unwrap().into_inner();
+        assert_eq!(after.state(), pb::GrantState::Confirmed, "{db_name}: never granted again");
+
+        // Only a valid purchase is granted, and not once consumed without a grant.
+        let pending = verified_purchase_id(&mut client, &unique("pending"), "alice").await;
+        let status = client.grant(grant(&pending, "alice")).await.unwrap_err();
+        assert_eq!(error_info(&status), Some(("PURCHASE_NOT_GRANTABLE".into(), "iapd".into())), "{db_name}");
+        let token = unique("purchased");
+        let consumed = verified_purchase_id(&mut client, &token, "alice").await;
+        let consume = pb::ConsumeRequest {
+            store: "sandbox".into(),
+            app_id: "com.example.game".into(),
+            product_id: "coins_100".into(),
+            proof: crate::support::token(&token),
+        };
+        client.consume(consume).await.unwrap();
+        let status = client.grant(grant(&consumed, "alice")).await.unwrap_err();
+        assert_eq!(error_info(&status), Some(("CONSUMED_WITHOUT_GRANT".into(), "iapd".into())), "{db_name}");
+
+        // Ids that are not the ledger's are refused by field; unknown ones are not found.
+        let status = client.grant(grant("nope", "alice")).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with("purchase_id:"), "{}", status.message());
+        let status = client.grant(grant(&format!("pur_{}", "0".repeat(32)), "alice")).await.unwrap_err();
+        assert_eq!(error_info(&status), Some(("PURCHASE_NOT_IN_LEDGER".into(), "iapd".into())));
+        let status = client.confirm_grant(confirm(&format!("grt_{}", "0".repeat(32)))).await.unwrap_err();
+        assert_eq!(error_info(&status), Some(("GRANT_NOT_FOUND".into(), "iapd".into())));
+        let status = client.grant(grant(&purchase, "")).await.unwrap_err();
+        assert!(status.message().starts_with("user_id:"), "{}", status.message());
+    }
+}
+
+#[tokio::test]
+async fn grants_need_the_ledger() {
+    let server = Server::start(None, &[("IAPD_LEDGER__ENABLED", "false")]);
+    let mut client = server.client().await;
+    let answer = client.verify(verify_for("com.example.game", &unique("purchased"), "alice")).await.unwrap();
+    assert!(answer.get_ref().ledger.is_none(), "Verify works without the ledger and says nothing of it");
+    let status = client.grant(grant(&format!("pur_{}", "0".repeat(32)), "alice")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(error_info(&status), Some(("LEDGER_DISABLED".into(), "iapd".into())));
+}
+
+#[tokio::test]
+async fn two_replicas_racing_to_grant_start_one_grant() {
+    let db = Db::postgres();
+    let (one, two) = (db.start(&[]), db.start(&[]));
+    let mut first = one.client().await;
+    let purchase = verified_purchase_id(&mut first, &unique("purchased"), "alice").await;
+    let clients = [one.client().await, two.client().await];
+    let racers: Vec<_> = (0..20)
+        .map(|index| {
+            let mut client = clients[index % 2].clone();
+            let purchase = purchase.clone();
+            tokio::spawn(async move { client.grant(grant(&purchase, "alice")).await.unwrap().into_inner() })
+        })
+        .collect();
+    let mut started = 0;
+    let mut ids = std::collections::BTreeSet::new();
+    for racer in racers {
+        let answer = racer.await.unwrap();
+        started += usize::from(answer.state() == pb::GrantState::Started);
+        ids.insert(answer.grant_id);
+    }
+    assert_eq!((started, ids.len()), (1, 1), "one grant, started once");
+}
+
+/// The README's grant protocol, run by a backend (a Python program with its
+/// own SQLite database) that is killed right after each step and run again:
+/// the coins are granted exactly once and the purchase is consumed.
+#[test]
+fn a_backend_killed_at_any_step_grants_exactly_once() {
+    let python = crate::support::tool("python");
+    let stubs = tempfile::tempdir().unwrap();
+    crate::clients::python_stubs(&python, stubs.path(), &["iapd/v1/iapd.proto".into()]);
+    let script = crate::support::root().join("tests/fixtures/python/grant_client.py");
+    for db in Db::both() {
+        let server = db.start(&[]);
+        let backend = tempfile::tempdir().unwrap();
+        let backend_db = backend.path().join("backend.sqlite3");
+        let run = |token: &str, user: &str, crash_after: Option<&str>| {
+            let mut command = Command::new(&python);
+            command.arg(&script).arg(server.address.to_string()).arg(&backend_db).arg(token).arg(user);
+            command.args(crash_after).env("PYTHONPATH", stubs.path()).env("PYTHONDONTWRITEBYTECODE", "1");
+            command.output().expect("run the backend")
+        };
+        for (index, step) in ["verify", "grant", "content", "confirm", "consume"].into_iter().enumerate() {
+            let token = unique("purchased");
+            let user = format!("user-{index}");
+            let crashed = run(&token, &user, Some(step));
+            assert_eq!(crashed.status.code(), Some(137), "{}: dies after {step}: {crashed:?}", db.name());
+            for attempt in 0..2 {
+                let resumed = run(&token, &user, None);
+                assert!(
+                    resumed.status.success() && String::from_utf8_lossy(&resumed.stdout).contains("done"),
+                    "{}: after a crash after {step}, run {attempt}: {resumed:?}",
+                    db.name()
+                );
+            }
+        }
+        let granted = Command::new(&python)
+            .arg("-c")
+            .arg("import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT user, SUM(coins), COUNT(*) FROM granted GROUP BY user ORDER BY user').fetchall())")
+            .arg(&backend_db)
+            .output()
+            .unwrap();
+        let rows = String::from_utf8_lossy(&granted.stdout);
+        assert_eq!(
+            rows.trim(),
+            "[('user-0', 100, 1), ('user-1', 100, 1), ('user-2', 100, 1), ('user-3', 100, 1), ('user-4', 100, 1)]",
+            "{}: each user got the coins once",
+            db.name()
+        );
+    }
+}

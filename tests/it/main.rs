@@ -9,7 +9,7 @@ mod amazon; // the Amazon plugin in the real binary against its emulator, a log 
 mod api; // every RPC through a tonic client against the sandbox store
 mod app_store; // the App Store plugin in the real binary against its emulator, and Apple's Python library
 mod cafe_bazaar; // the Cafe Bazaar plugin in the real binary against its emulator
-mod clients; // clients made from proto/ in Python, Go and Node, reading error details
+pub(crate) mod clients; // clients made from proto/ in Python, Go and Node, reading error details
 mod config; // configuration errors, env overrides, check-config, plugins
 mod google_play; // the Google Play plugin in the real binary against the emulator, and Google's Python client
 mod grpcurl; // the README's grpcurl examples, reflection and health, run literally
