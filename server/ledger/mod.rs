@@ -261,7 +261,7 @@ impl Ledger {
             "INSERT INTO purchases (purchase_id, store, app_id, product_id, store_key, proof_hash, owner_user_id, \
              verdict, state, environment, kind, first_seen_ms, last_seen_ms, raw_store_response) \
              VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9, $10, $11, $11, $12) \
-             ON CONFLICT (purchase_id) DO NOTHING",
+             ON CONFLICT DO NOTHING",
         )
         .bind(&purchase_id)
         .bind(observation.store)
@@ -279,6 +279,9 @@ impl Ledger {
         .await?
         .rows_affected()
             == 1;
+        // (No conflict target: the row has two unique keys, its id and what
+        // the id is a hash of, and PostgreSQL treats a race on a key that is
+        // not the named target as an error.)
         // Locks the row (PostgreSQL) for the rest of the transaction, and
         // reads what it was before this Verify.
         let row = sqlx::query(
