@@ -75,6 +75,8 @@ impl Default for RawLedger {
 struct RawLedgerApp {
     #[serde(default)]
     claims: ClaimPolicy,
+    #[serde(default)]
+    entitlements: BTreeMap<String, Vec<String>>,
 }
 
 /// What a Verify by another user does to a purchase someone owns.
@@ -103,6 +105,9 @@ pub struct LedgerConfig {
     pub migrate_on_start: bool,
     /// The claims policy per app id.
     pub claims: BTreeMap<String, ClaimPolicy>,
+    /// Per app id, each entitlement's name and the products that grant it:
+    /// exact product ids, or a prefix ending in `*`.
+    pub entitlements: BTreeMap<String, BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -529,6 +534,38 @@ impl Config {
     }
 }
 
+fn validate_entitlements(
+    apps: BTreeMap<String, RawLedgerApp>,
+) -> Result<BTreeMap<String, BTreeMap<String, Vec<String>>>, ConfigError> {
+    let mut all = BTreeMap::new();
+    for (app, settings) in apps {
+        for (name, products) in &settings.entitlements {
+            let key = format!("ledger.apps.{app}.entitlements.{name}");
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+            if !valid_name {
+                return Err(ConfigError::new(key, "an entitlement name is 1-64 of [A-Za-z0-9_.-]"));
+            }
+            if products.is_empty() {
+                return Err(ConfigError::new(key, "names no product: give product ids, or prefixes ending in `*`"));
+            }
+            if let Some(bad) =
+                products.iter().find(|product| product.is_empty() || product[..product.len() - 1].contains('*'))
+            {
+                return Err(ConfigError::new(
+                    key,
+                    format!("`{bad}`: a product id, or a prefix with `*` only at its end"),
+                ));
+            }
+        }
+        if !settings.entitlements.is_empty() {
+            all.insert(app, settings.entitlements);
+        }
+    }
+    Ok(all)
+}
+
 fn validate_ledger(raw: RawLedger) -> Result<Option<LedgerConfig>, ConfigError> {
     if !raw.enabled {
         return Ok(None);
@@ -546,7 +583,8 @@ fn validate_ledger(raw: RawLedger) -> Result<Option<LedgerConfig>, ConfigError> 
         data_dir: raw.data_dir,
         max_connections: raw.max_connections,
         migrate_on_start: raw.migrate_on_start,
-        claims: raw.apps.into_iter().map(|(app, settings)| (app, settings.claims)).collect(),
+        claims: raw.apps.iter().map(|(app, settings)| (app.clone(), settings.claims)).collect(),
+        entitlements: validate_entitlements(raw.apps)?,
     }))
 }
 

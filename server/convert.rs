@@ -175,3 +175,22 @@ pub(crate) fn catalog_item(item: plugin::CatalogItem) -> pb::CatalogItem {
         active: item.active,
     }
 }
+
+/// A purchase a user holds, as the API shows it.
+pub(crate) fn held_purchase(purchase: crate::ledger::HeldPurchase, now_ms: i64) -> pb::HeldPurchase {
+    let active = purchase.active(now_ms);
+    pb::HeldPurchase {
+        verdict: pb::Verdict::from_str_name(&purchase.verdict).unwrap_or_default().into(),
+        state: pb::PurchaseState::from_str_name(&purchase.state).unwrap_or_default().into(),
+        kind: pb::ProductKind::from_str_name(&purchase.kind).unwrap_or_default().into(),
+        first_seen_time: timestamp(purchase.first_seen_ms),
+        expiry_time: purchase.expiry_ms.and_then(timestamp),
+        consumed: purchase.consumed_ms.is_some(),
+        acknowledged: purchase.acknowledged_ms.is_some(),
+        shared: purchase.shared,
+        active,
+        purchase_id: purchase.purchase_id,
+        store: purchase.store,
+        product_id: purchase.product_id,
+    }
+}

@@ -255,6 +255,59 @@ impl PurchaseService for PurchaseApi {
         Ok(Response::new(pb::ConfirmGrantResponse { already_confirmed }))
     }
 
+    async fn get_entitlements(
+        &self,
+        request: Request<pb::GetEntitlementsRequest>,
+    ) -> Result<Response<pb::GetEntitlementsResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let request = request.into_inner();
+        let ledger = self.ledger("GetEntitlements")?;
+        validate::app_id(&request.app_id)?;
+        validate::grant_user_id(&request.user_id)?;
+        let found = self.within(deadline, ledger.entitlements_of(&request.app_id, &request.user_id)).await?;
+        Ok(Response::new(pb::GetEntitlementsResponse {
+            entitlements: found
+                .entitlements
+                .into_iter()
+                .map(|entitlement| pb::Entitlement {
+                    name: entitlement.name,
+                    active: entitlement.active,
+                    product_ids: entitlement.product_ids,
+                    expiry_time: entitlement.expiry_ms.and_then(convert::timestamp),
+                })
+                .collect(),
+            active_product_ids: found.active_product_ids,
+        }))
+    }
+
+    async fn list_purchases(
+        &self,
+        request: Request<pb::ListPurchasesRequest>,
+    ) -> Result<Response<pb::ListPurchasesResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let request = request.into_inner();
+        let ledger = self.ledger("ListPurchases")?;
+        validate::app_id(&request.app_id)?;
+        validate::grant_user_id(&request.user_id)?;
+        let (page_size, after) = validate::purchases_page(request.page_size, &request.page_token)?;
+        // One more than the page tells whether another page follows.
+        let mut held = self
+            .within(deadline, ledger.purchases_of(&request.app_id, &request.user_id, &after, page_size + 1))
+            .await?;
+        let more = held.len() as i64 > page_size;
+        held.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+        let next_page_token = if more {
+            held.last().map(|last| format!("p1.{}", last.purchase_id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let now = ledger::now_ms();
+        Ok(Response::new(pb::ListPurchasesResponse {
+            purchases: held.into_iter().map(|purchase| convert::held_purchase(purchase, now)).collect(),
+            next_page_token,
+        }))
+    }
+
     async fn list_stores(
         &self,
         _request: Request<pb::ListStoresRequest>,

@@ -102,6 +102,21 @@ pub(crate) fn grant_id(value: &str) -> Result<(), ApiError> {
     ledger_id("grant_id", value, "grt_")
 }
 
+/// The page size of ListPurchases: 0 is the default.
+pub(crate) fn purchases_page(page_size: i32, page_token: &str) -> Result<(i64, String), ApiError> {
+    if !(0..=200).contains(&page_size) {
+        return Err(invalid("page_size", "must be between 0 and 200"));
+    }
+    let after = if page_token.is_empty() {
+        String::new()
+    } else {
+        let after = page_token.strip_prefix("p1.").unwrap_or("");
+        purchase_id(after).map_err(|_| invalid("page_token", "was not issued by this server for this listing"))?;
+        after.to_owned()
+    };
+    Ok((if page_size == 0 { 50 } else { i64::from(page_size) }, after))
+}
+
 /// A grant needs the user it goes to.
 pub(crate) fn grant_user_id(value: &str) -> Result<(), ApiError> {
     required("user_id", value, MAX_ID)

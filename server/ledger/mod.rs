@@ -121,7 +121,70 @@ pub struct Ledger {
     backend: Backend,
     url: String,
     claims: BTreeMap<String, ClaimPolicy>,
+    entitlements: BTreeMap<String, BTreeMap<String, Vec<String>>>,
 }
+
+/// A purchase a user holds, as the ledger last saw it.
+#[derive(Debug, Clone)]
+pub struct HeldPurchase {
+    /// The ledger's id.
+    pub purchase_id: String,
+    /// The store id.
+    pub store: String,
+    /// The product.
+    pub product_id: String,
+    /// The last verdict (`pb::Verdict` name).
+    pub verdict: String,
+    /// The last state (`pb::PurchaseState` name).
+    pub state: String,
+    /// The kind (`pb::ProductKind` name).
+    pub kind: String,
+    /// When iapd first saw it.
+    pub first_seen_ms: i64,
+    /// When it ends (subscriptions).
+    pub expiry_ms: Option<i64>,
+    /// When a Consume of it succeeded.
+    pub consumed_ms: Option<i64>,
+    /// When an Acknowledge of it succeeded.
+    pub acknowledged_ms: Option<i64>,
+    /// Whether the user holds it shared, not as its owner.
+    pub shared: bool,
+}
+
+impl HeldPurchase {
+    /// Whether it gives access now: valid, paid, not consumed, not expired.
+    pub fn active(&self, now_ms: i64) -> bool {
+        self.verdict == pb::Verdict::Valid.as_str_name()
+            && self.state == pb::PurchaseState::Purchased.as_str_name()
+            && self.consumed_ms.is_none()
+            && self.expiry_ms.is_none_or(|expiry| expiry > now_ms)
+    }
+}
+
+/// A user's entitlement, from the app's configured names.
+#[derive(Debug, Clone)]
+pub struct EntitlementState {
+    /// Its name.
+    pub name: String,
+    /// Whether an active purchase grants it.
+    pub active: bool,
+    /// The products of the active purchases that grant it.
+    pub product_ids: Vec<String>,
+    /// The latest end among those purchases, if any ends.
+    pub expiry_ms: Option<i64>,
+}
+
+/// What the caller asked about a user.
+#[derive(Debug, Clone)]
+pub struct Entitlements {
+    /// Every entitlement the app configures.
+    pub entitlements: Vec<EntitlementState>,
+    /// The products the user has active purchases of.
+    pub active_product_ids: Vec<String>,
+}
+
+/// The most purchases one user's entitlements are computed from.
+const MAX_HELD: i64 = 10_000;
 
 /// What a Verify decided, as the ledger records it.
 #[derive(Debug)]
@@ -215,7 +278,13 @@ impl Ledger {
             // answer) and sqlx's 5 s busy timeout (writers queue, not fail).
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await.map_err(|err| open_error(err.to_string()))?;
         }
-        let ledger = Ledger { pool, backend, url: shown, claims: config.claims.clone() };
+        let ledger = Ledger {
+            pool,
+            backend,
+            url: shown,
+            claims: config.claims.clone(),
+            entitlements: config.entitlements.clone(),
+        };
         if migrate {
             ledger.migrate().await?;
         }
@@ -284,12 +353,15 @@ impl Ledger {
         // not the named target as an error.)
         // Locks the row (PostgreSQL) for the rest of the transaction, and
         // reads what it was before this Verify.
+        let expiry_ms =
+            purchase.expiry_time.as_ref().map(|time| time.seconds * 1000 + i64::from(time.nanos) / 1_000_000);
         let row = sqlx::query(
-            "UPDATE purchases SET last_seen_ms = $2 WHERE purchase_id = $1 \
+            "UPDATE purchases SET last_seen_ms = $2, expiry_ms = $3 WHERE purchase_id = $1 \
              RETURNING first_seen_ms, owner_user_id, verdict, state",
         )
         .bind(&purchase_id)
         .bind(now)
+        .bind(expiry_ms)
         .fetch_one(&mut *tx)
         .await?;
         let first_seen_ms: i64 = row.try_get("first_seen_ms")?;
@@ -511,6 +583,82 @@ impl Ledger {
         Ok(recorded)
     }
 
+    /// One page of the purchases a user holds in an app (owned or shared), in
+    /// the order of their ids, after `after` (exclusive; "" for the start).
+    pub async fn purchases_of(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<HeldPurchase>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT purchase_id, store, product_id, verdict, state, kind, first_seen_ms, expiry_ms, consumed_ms, \
+             acknowledged_ms, owner_user_id FROM purchases WHERE app_id = $1 AND purchase_id > $3 AND \
+             (owner_user_id = $2 OR purchase_id IN (SELECT purchase_id FROM purchase_shares WHERE user_id = $2)) \
+             ORDER BY purchase_id LIMIT $4",
+        )
+        .bind(app_id)
+        .bind(user_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let owner: Option<String> = row.try_get("owner_user_id")?;
+                Ok(HeldPurchase {
+                    purchase_id: row.try_get("purchase_id")?,
+                    store: row.try_get("store")?,
+                    product_id: row.try_get("product_id")?,
+                    verdict: row.try_get("verdict")?,
+                    state: row.try_get("state")?,
+                    kind: row.try_get("kind")?,
+                    first_seen_ms: row.try_get("first_seen_ms")?,
+                    expiry_ms: row.try_get("expiry_ms")?,
+                    consumed_ms: row.try_get("consumed_ms")?,
+                    acknowledged_ms: row.try_get("acknowledged_ms")?,
+                    shared: owner.as_deref() != Some(user_id),
+                })
+            })
+            .collect()
+    }
+
+    /// A user's entitlements in an app (every one the app configures, active
+    /// or not) and the products the user holds active purchases of.
+    pub async fn entitlements_of(&self, app_id: &str, user_id: &str) -> Result<Entitlements, LedgerError> {
+        let now = now_ms();
+        let held = self.purchases_of(app_id, user_id, "", MAX_HELD).await?;
+        let active: Vec<&HeldPurchase> = held.iter().filter(|purchase| purchase.active(now)).collect();
+        let mut active_product_ids: Vec<String> = active.iter().map(|purchase| purchase.product_id.clone()).collect();
+        active_product_ids.sort();
+        active_product_ids.dedup();
+        let configured = self.entitlements.get(app_id).into_iter().flatten();
+        let entitlements = configured
+            .map(|(name, patterns)| {
+                let granting: Vec<&&HeldPurchase> = active
+                    .iter()
+                    .filter(|purchase| patterns.iter().any(|pattern| grants(pattern, &purchase.product_id)))
+                    .collect();
+                let mut product_ids: Vec<String> =
+                    granting.iter().map(|purchase| purchase.product_id.clone()).collect();
+                product_ids.sort();
+                product_ids.dedup();
+                EntitlementState {
+                    name: name.clone(),
+                    active: !granting.is_empty(),
+                    expiry_ms: if granting.iter().any(|purchase| purchase.expiry_ms.is_none()) {
+                        None
+                    } else {
+                        granting.iter().filter_map(|purchase| purchase.expiry_ms).max()
+                    },
+                    product_ids,
+                }
+            })
+            .collect();
+        Ok(Entitlements { entitlements, active_product_ids })
+    }
+
     /// A write transaction. SQLite takes its write lock at the start, so
     /// that two writers queue on the busy timeout instead of one failing at
     /// its upgrade.
@@ -631,6 +779,15 @@ fn purchase_id(store: &str, app_id: &str, store_key: &str) -> String {
     format!("pur_{}", hex(&digest.as_ref()[..16]))
 }
 
+/// Whether a configured product pattern (an id, or a prefix ending in `*`)
+/// covers a product.
+fn grants(pattern: &str, product_id: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => product_id.starts_with(prefix),
+        None => pattern == product_id,
+    }
+}
+
 /// A new grant id: random, so that no caller can confirm a grant it was not
 /// given.
 fn new_grant_id() -> Result<String, LedgerError> {
@@ -663,7 +820,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-fn now_ms() -> i64 {
+/// Now, in unix millis.
+pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
 }
 

@@ -418,3 +418,115 @@ fn a_backend_killed_at_any_step_grants_exactly_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn entitlements_and_purchases_answer_what_a_user_may_use_now() {
+    for db in Db::both() {
+        let db_name = db.name();
+        let sandbox = Sandbox::new();
+        sandbox.add_plugin(&built_plugin("iapd-plugin-sandbox"), "libiapd_plugin_sandbox.so");
+        let config = sandbox.write_config(
+            "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n\n[ledger.apps.\"com.example.game\".entitlements]\n\
+             premium = [\"remove_ads\", \"vip_*\"]\ncoins = [\"coins_100\"]\n",
+        );
+        let server = db.start_with(Some(&config), &[]);
+        let mut client = server.client().await;
+        let verify = |product: &str, token: String| pb::VerifyRequest {
+            store: "sandbox".into(),
+            app_id: "com.example.game".into(),
+            product_id: product.into(),
+            proof: crate::support::token(&token),
+            user_id: "alice".into(),
+        };
+        let entitlements =
+            |user: &str| pb::GetEntitlementsRequest { app_id: "com.example.game".into(), user_id: user.into() };
+        let active = |answer: &pb::GetEntitlementsResponse, name: &str| {
+            answer.entitlements.iter().find(|entitlement| entitlement.name == name).expect("configured").active
+        };
+
+        let none = client.get_entitlements(entitlements("alice")).await.unwrap().into_inner();
+        assert!(!active(&none, "premium") && !active(&none, "coins"), "{db_name}: nothing bought yet");
+
+        client.verify(verify("vip_monthly", unique("expired"))).await.unwrap();
+        client.verify(verify("remove_ads", unique("refunded"))).await.unwrap();
+        let lapsed = client.get_entitlements(entitlements("alice")).await.unwrap().into_inner();
+        assert!(!active(&lapsed, "premium"), "{db_name}: an expired or refunded purchase grants nothing");
+
+        client.verify(verify("vip_monthly", unique("purchased"))).await.unwrap();
+        let coins = unique("purchased");
+        client.verify(verify("coins_100", coins.clone())).await.unwrap();
+        let now = client.get_entitlements(entitlements("alice")).await.unwrap().into_inner();
+        let premium = now.entitlements.iter().find(|entitlement| entitlement.name == "premium").unwrap();
+        assert!(premium.active, "{db_name}: vip_* grants premium");
+        assert_eq!(premium.product_ids, ["vip_monthly"], "{db_name}");
+        assert!(premium.expiry_time.is_some(), "{db_name}: a subscription's premium ends");
+        assert!(active(&now, "coins"), "{db_name}");
+        assert_eq!(now.active_product_ids, ["coins_100", "vip_monthly"], "{db_name}");
+        let bob = client.get_entitlements(entitlements("bob")).await.unwrap().into_inner();
+        assert!(!active(&bob, "premium"), "{db_name}: entitlements are per user");
+
+        let consume = pb::ConsumeRequest {
+            store: "sandbox".into(),
+            app_id: "com.example.game".into(),
+            product_id: "coins_100".into(),
+            proof: crate::support::token(&coins),
+        };
+        client.consume(consume).await.unwrap();
+        let spent = client.get_entitlements(entitlements("alice")).await.unwrap().into_inner();
+        assert!(!active(&spent, "coins"), "{db_name}: a consumed purchase is used up");
+
+        // Every purchase alice holds, one page at a time.
+        let mut seen = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_purchases(pb::ListPurchasesRequest {
+                    app_id: "com.example.game".into(),
+                    user_id: "alice".into(),
+                    page_size: 1,
+                    page_token: page_token.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            seen.extend(
+                page.purchases.into_iter().map(|purchase| (purchase.product_id, purchase.active, purchase.consumed)),
+            );
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        seen.sort();
+        // The expired and refunded ones were never claimed (only a valid or
+        // pending purchase is), so they are nobody's.
+        assert_eq!(seen, [("coins_100".to_owned(), false, true), ("vip_monthly".to_owned(), true, false)], "{db_name}");
+        for tampered in ["p1.pur_zz", "garbage", "p1.pur_00"] {
+            let status = client
+                .list_purchases(pb::ListPurchasesRequest {
+                    app_id: "com.example.game".into(),
+                    user_id: "alice".into(),
+                    page_size: 1,
+                    page_token: tampered.into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{db_name}: {tampered}");
+            assert!(status.message().starts_with("page_token:"), "{}", status.message());
+        }
+        let status = client.get_entitlements(entitlements(&"u".repeat(300))).await.unwrap_err();
+        assert!(status.message().starts_with("user_id:"), "{}", status.message());
+    }
+}
+
+#[test]
+fn an_entitlement_that_names_no_product_stops_start_up_with_its_key() {
+    let sandbox = Sandbox::new();
+    sandbox.add_plugin(&built_plugin("iapd-plugin-sandbox"), "libiapd_plugin_sandbox.so");
+    let config = sandbox.write_config(
+        "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n\n[ledger.apps.\"com.example.game\".entitlements]\npremium = []\n",
+    );
+    let (ok, _, stderr) = crate::support::run_iapd(&["--config", &config.display().to_string(), "check-config"], &[]);
+    assert!(!ok);
+    assert!(stderr.contains("ledger.apps.com.example.game.entitlements.premium"), "{stderr}");
+}

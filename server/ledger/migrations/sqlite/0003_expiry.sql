@@ -1,0 +1,3 @@
+-- When a purchase's entitlement ends (subscriptions), for entitlements.
+-- Kept in step with ../postgres/0003_expiry.sql.
+ALTER TABLE purchases ADD COLUMN expiry_ms INTEGER;
