@@ -308,12 +308,88 @@ impl PurchaseService for PurchaseApi {
         }))
     }
 
+    type WatchEventsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let request = request.into_inner();
+        let ledger = self.ledger("WatchEvents")?.clone();
+        validate::app_id(&request.app_id)?;
+        validate::user_id(&request.user_id)?;
+        validate::event_kinds(&request.kinds)?;
+        let after = validate::event_cursor(&request.after_cursor)?;
+        let filter = ledger::EventFilter { app_id: request.app_id, user_id: request.user_id, kinds: request.kinds };
+        let (sender, receiver) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(stream_events(ledger, filter, after, sender));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+
     async fn list_stores(
         &self,
         _request: Request<pb::ListStoresRequest>,
     ) -> Result<Response<pb::ListStoresResponse>, Status> {
         let stores = self.host.stores().map(|store| store_info(store)).collect();
         Ok(Response::new(pb::ListStoresResponse { stores }))
+    }
+}
+
+/// How often a subscriber looks for other replicas' events; this replica's
+/// wake it at once.
+const EVENT_POLL: Duration = Duration::from_millis(200);
+
+/// Feeds one subscriber: the events after `after` that pass `filter`, then
+/// each new one, until the subscriber goes away. The ledger numbers events in
+/// commit order, so reading `seq > cursor` never skips one that commits later.
+async fn stream_events(
+    ledger: Ledger,
+    filter: ledger::EventFilter,
+    mut after: i64,
+    sender: tokio::sync::mpsc::Sender<Result<pb::WatchEventsResponse, Status>>,
+) {
+    const PAGE: i64 = 500;
+    let written = ledger.events_written();
+    loop {
+        // Registered before the read, so a commit between the two still wakes us.
+        let woken = written.notified();
+        let events = match ledger.events_after(after, &filter, PAGE).await {
+            Ok(events) => events,
+            Err(err) => {
+                let status = Status::from(ApiError::LedgerUnavailable { detail: err.to_string() });
+                let _ = sender.send(Err(status)).await;
+                return;
+            }
+        };
+        let full = events.len() as i64 == PAGE;
+        for event in events {
+            after = event.seq;
+            if !filter.kinds.is_empty() && !filter.kinds.contains(&event.kind) {
+                continue;
+            }
+            let event = pb::LedgerEvent {
+                cursor: format!("e1.{}", event.seq),
+                sequence: event.seq,
+                time: convert::timestamp(event.at_ms),
+                app_id: event.app_id,
+                user_id: event.user_id,
+                kind: event.kind,
+                purchase_id: event.purchase_id,
+                detail: event.detail,
+            };
+            if sender.send(Ok(pb::WatchEventsResponse { event: Some(event) })).await.is_err() {
+                return;
+            }
+        }
+        if full {
+            continue;
+        }
+        tokio::select! {
+            () = woken => {}
+            () = tokio::time::sleep(EVENT_POLL) => {}
+            () = sender.closed() => return,
+        }
     }
 }
 

@@ -117,6 +117,30 @@ pub(crate) fn purchases_page(page_size: i32, page_token: &str) -> Result<(i64, S
     Ok((if page_size == 0 { 50 } else { i64::from(page_size) }, after))
 }
 
+/// Event kinds, each one the ledger writes.
+pub(crate) fn event_kinds(kinds: &[String]) -> Result<(), ApiError> {
+    if let Some(kind) = kinds.iter().find(|kind| !crate::ledger::EVENT_KINDS.contains(&kind.as_str())) {
+        let known = crate::ledger::EVENT_KINDS.join(", ");
+        return Err(invalid(
+            "kinds",
+            format!("`{}` is not an event kind ({known})", kind.chars().take(64).collect::<String>()),
+        ));
+    }
+    Ok(())
+}
+
+/// An event cursor (`e1.<number>`), or empty for the start; the number after it.
+pub(crate) fn event_cursor(cursor: &str) -> Result<i64, ApiError> {
+    if cursor.is_empty() {
+        return Ok(0);
+    }
+    cursor
+        .strip_prefix("e1.")
+        .filter(|digits| !digits.is_empty() && digits.len() <= 18 && digits.bytes().all(|byte| byte.is_ascii_digit()))
+        .and_then(|digits| digits.parse().ok())
+        .ok_or_else(|| invalid("after_cursor", "was not issued by this server (`e1.` and a number)"))
+}
+
 /// A grant needs the user it goes to.
 pub(crate) fn grant_user_id(value: &str) -> Result<(), ApiError> {
     required("user_id", value, MAX_ID)

@@ -12,8 +12,11 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
+use tokio::sync::Notify;
 
 use crate::config::{ClaimPolicy, LedgerConfig};
 use crate::pb;
@@ -122,6 +125,43 @@ pub struct Ledger {
     url: String,
     claims: BTreeMap<String, ClaimPolicy>,
     entitlements: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// Woken after every commit that wrote events, so that this replica's
+    /// subscribers see them at once (others' within their poll).
+    events_written: Arc<Notify>,
+}
+
+/// The kinds of events the ledger writes.
+pub const EVENT_KINDS: [&str; 8] =
+    ["claimed", "transferred", "shared", "state_changed", "grant_started", "granted", "acknowledged", "consumed"];
+
+/// One recorded event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Its number, in commit order.
+    pub seq: i64,
+    /// When (unix millis).
+    pub at_ms: i64,
+    /// The app.
+    pub app_id: String,
+    /// The user, or empty.
+    pub user_id: String,
+    /// One of [`EVENT_KINDS`].
+    pub kind: String,
+    /// The purchase.
+    pub purchase_id: String,
+    /// More, for people.
+    pub detail: String,
+}
+
+/// Which events a subscriber wants.
+#[derive(Debug, Clone)]
+pub struct EventFilter {
+    /// The app.
+    pub app_id: String,
+    /// One user's, or all when empty.
+    pub user_id: String,
+    /// These kinds, or all when empty.
+    pub kinds: Vec<String>,
 }
 
 /// A purchase a user holds, as the ledger last saw it.
@@ -284,6 +324,7 @@ impl Ledger {
             url: shown,
             claims: config.claims.clone(),
             entitlements: config.entitlements.clone(),
+            events_written: Arc::new(Notify::new()),
         };
         if migrate {
             ledger.migrate().await?;
@@ -436,10 +477,14 @@ impl Ledger {
                 }
             }
         };
+        let wrote_events = !events.is_empty();
         for (kind, detail) in events {
             self.event(&mut tx, now, observation.app_id, user, kind, &purchase_id, detail).await?;
         }
         tx.commit().await?;
+        if wrote_events {
+            self.events_written.notify_waiters();
+        }
         Ok(Recorded { purchase_id, first_seen_ms, seen_before: !inserted, claim })
     }
 
@@ -508,6 +553,7 @@ impl Ledger {
         self.history(&mut tx, purchase_id, now, "grant_started", format!("{grant_id} to {user_id}")).await?;
         self.event(&mut tx, now, &app_id, user_id, "grant_started", purchase_id, grant_id.clone()).await?;
         tx.commit().await?;
+        self.events_written.notify_waiters();
         Ok(Grant { grant_id, state: GrantState::Started, started_ms: now })
     }
 
@@ -542,6 +588,7 @@ impl Ledger {
         self.history(&mut tx, &purchase_id, now, "granted", format!("{grant_id} to {user_id}")).await?;
         self.event(&mut tx, now, &app_id, &user_id, "granted", &purchase_id, grant_id.to_owned()).await?;
         tx.commit().await?;
+        self.events_written.notify_waiters();
         Ok(false)
     }
 
@@ -580,6 +627,9 @@ impl Ledger {
             recorded = Some(purchase_id);
         }
         tx.commit().await?;
+        if recorded.is_some() {
+            self.events_written.notify_waiters();
+        }
         Ok(recorded)
     }
 
@@ -657,6 +707,40 @@ impl Ledger {
             })
             .collect();
         Ok(Entitlements { entitlements, active_product_ids })
+    }
+
+    /// Up to `limit` events after `after` that pass `filter`, in order.
+    pub async fn events_after(&self, after: i64, filter: &EventFilter, limit: i64) -> Result<Vec<Event>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT seq, at_ms, app_id, user_id, kind, purchase_id, detail FROM ledger_events \
+             WHERE seq > $1 AND app_id = $2 AND ($3 = '' OR user_id = $3) ORDER BY seq LIMIT $4",
+        )
+        .bind(after)
+        .bind(&filter.app_id)
+        .bind(&filter.user_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let events = rows
+            .iter()
+            .map(|row| {
+                Ok(Event {
+                    seq: row.try_get("seq")?,
+                    at_ms: row.try_get("at_ms")?,
+                    app_id: row.try_get("app_id")?,
+                    user_id: row.try_get("user_id")?,
+                    kind: row.try_get("kind")?,
+                    purchase_id: row.try_get("purchase_id")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect::<Result<Vec<_>, LedgerError>>()?;
+        Ok(events)
+    }
+
+    /// Resolves after the next commit on this replica that wrote events.
+    pub fn events_written(&self) -> Arc<Notify> {
+        self.events_written.clone()
     }
 
     /// A write transaction. SQLite takes its write lock at the start, so

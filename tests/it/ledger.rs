@@ -530,3 +530,84 @@ fn an_entitlement_that_names_no_product_stops_start_up_with_its_key() {
     assert!(!ok);
     assert!(stderr.contains("ledger.apps.com.example.game.entitlements.premium"), "{stderr}");
 }
+
+fn watch(app_id: &str, after_cursor: &str) -> pb::WatchEventsRequest {
+    pb::WatchEventsRequest {
+        app_id: app_id.into(),
+        user_id: String::new(),
+        kinds: vec!["claimed".into()],
+        after_cursor: after_cursor.into(),
+    }
+}
+
+/// The next `count` events of a stream, each within 10 s.
+async fn next_events(stream: &mut tonic::Streaming<pb::WatchEventsResponse>, count: usize) -> Vec<pb::LedgerEvent> {
+    let mut events = Vec::new();
+    while events.len() < count {
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("an event in time");
+        events.push(next.unwrap().expect("the stream stays open").event.unwrap());
+    }
+    events
+}
+
+#[tokio::test]
+async fn events_reach_every_subscriber_on_every_replica_in_one_order_and_resume_from_a_cursor() {
+    for db in Db::both() {
+        let db_name = db.name();
+        // Two replicas share a PostgreSQL ledger; SQLite is one process's.
+        let servers = match db {
+            Db::Postgres(_) => vec![db.start(&[]), db.start(&[])],
+            Db::Sqlite(_) => vec![db.start(&[])],
+        };
+        let app = format!("com.example.{}", unique("events").replace('-', "_"));
+        let mut subscribers = Vec::new();
+        for index in 0..10 {
+            let mut client = servers[index % servers.len()].client().await;
+            subscribers.push(client.watch_events(watch(&app, "")).await.unwrap().into_inner());
+        }
+        let mut writers = Vec::new();
+        for server in &servers {
+            writers.push(server.client().await);
+        }
+        let mut tokens = Vec::new();
+        for index in 0..8 {
+            let token = unique("purchased");
+            let count = writers.len();
+            let writer = &mut writers[index % count];
+            writer.verify(verify_for(&app, &token, &format!("user-{index}"))).await.unwrap();
+            tokens.push(token);
+        }
+        let mut first_seen: Option<Vec<(i64, String)>> = None;
+        for subscriber in &mut subscribers {
+            let events = next_events(subscriber, 8).await;
+            let order: Vec<(i64, String)> =
+                events.iter().map(|event| (event.sequence, event.user_id.clone())).collect();
+            assert!(order.windows(2).all(|pair| pair[0].0 < pair[1].0), "{db_name}: in order: {order:?}");
+            assert!(events.iter().all(|event| event.kind == "claimed" && event.app_id == app), "{db_name}");
+            match &first_seen {
+                None => first_seen = Some(order),
+                Some(seen) => assert_eq!(&order, seen, "{db_name}: every subscriber sees one order"),
+            }
+        }
+        let seen = first_seen.unwrap();
+        // A subscriber that left after the fourth event resumes from its cursor.
+        let cursor = format!("e1.{}", seen[3].0);
+        drop(subscribers);
+        let mut resumed = writers[0].watch_events(watch(&app, &cursor)).await.unwrap().into_inner();
+        let rest = next_events(&mut resumed, 4).await;
+        let rest: Vec<(i64, String)> = rest.iter().map(|event| (event.sequence, event.user_id.clone())).collect();
+        assert_eq!(rest, seen[4..], "{db_name}: the rest, none twice");
+        let token = unique("purchased");
+        let last = writers.len() - 1;
+        writers[last].verify(verify_for(&app, &token, "late")).await.unwrap();
+        let late = next_events(&mut resumed, 1).await;
+        assert_eq!(late[0].user_id, "late", "{db_name}: and new ones as they commit");
+
+        let status = writers[0].watch_events(watch(&app, "e1.x")).await.unwrap_err();
+        assert!(status.message().starts_with("after_cursor:"), "{}", status.message());
+        let mut bad_kind = watch(&app, "");
+        bad_kind.kinds = vec!["nope".into()];
+        let status = writers[0].watch_events(bad_kind).await.unwrap_err();
+        assert!(status.message().starts_with("kinds:"), "{}", status.message());
+    }
+}
