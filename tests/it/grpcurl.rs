@@ -115,7 +115,10 @@ fn reflection_v1_and_health_per_store() {
 fn the_deadline_example_decodes_its_details_every_time() {
     let server = Server::start(None, &[]);
     let example = readme_lines(|line| {
-        line.starts_with("grpcurl ") && line.contains("localhost:50051") && line.ends_with("# fails: DeadlineExceeded")
+        line.starts_with("grpcurl ")
+            && line.contains("localhost:50051")
+            && line.contains("/Verify")
+            && line.ends_with("# fails: DeadlineExceeded")
     });
     assert_eq!(example.len(), 1, "the README's deadline example: {example:?}");
     let decoded = "{\"@type\":\"type.googleapis.com/google.rpc.ErrorInfo\",\"domain\":\"iapd\"";
