@@ -336,6 +336,33 @@ impl PurchaseService for PurchaseApi {
     }
 }
 
+/// The health service name of the ledger.
+pub(crate) const LEDGER_HEALTH: &str = "iapd.v1.Ledger";
+
+/// How often the ledger's health is checked.
+const LEDGER_HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the ledger's health entry true: NOT_SERVING while its database
+/// cannot be reached (Verify answers UNAVAILABLE then), SERVING once it can.
+async fn watch_ledger_health(ledger: Ledger, health: tonic_health::server::HealthReporter) {
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(LEDGER_HEALTH_EVERY).await;
+        let reachable =
+            tokio::time::timeout(LEDGER_HEALTH_EVERY, ledger.ping()).await.is_ok_and(|pinged| pinged.is_ok());
+        if reachable != serving {
+            serving = reachable;
+            if serving {
+                tracing::info!("the ledger's database is reachable again");
+                health.set_service_status(LEDGER_HEALTH, tonic_health::ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("the ledger's database cannot be reached");
+                health.set_service_status(LEDGER_HEALTH, tonic_health::ServingStatus::NotServing).await;
+            }
+        }
+    }
+}
+
 /// How often a subscriber looks for other replicas' events; this replica's
 /// wake it at once.
 const EVENT_POLL: Duration = Duration::from_millis(200);
@@ -443,6 +470,10 @@ pub(crate) async fn run(
     health.set_serving::<PurchaseServiceServer<PurchaseApi>>().await;
     for id in host.store_ids() {
         health.set_service_status(store_health_name(&id), tonic_health::ServingStatus::Serving).await;
+    }
+    if let Some(ledger) = &ledger {
+        health.set_service_status(LEDGER_HEALTH, tonic_health::ServingStatus::Serving).await;
+        tokio::spawn(watch_ledger_health(ledger.clone(), health.clone()));
     }
     // Each reflection version also describes the other, so clients of
     // either can find and call both.

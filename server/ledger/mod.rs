@@ -738,6 +738,12 @@ impl Ledger {
         Ok(events)
     }
 
+    /// One round trip to the database.
+    pub async fn ping(&self) -> Result<(), LedgerError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Resolves after the next commit on this replica that wrote events.
     pub fn events_written(&self) -> Arc<Notify> {
         self.events_written.clone()

@@ -250,8 +250,25 @@ async fn a_lost_database_answers_unavailable_and_the_server_recovers_when_it_ret
     let status = client.verify(verify_for("com.example.game", &token, "alice")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "never a success without a record: {status:?}");
     assert_eq!(error_info(&status), Some(("LEDGER_UNAVAILABLE".to_owned(), "iapd".to_owned())));
+    let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let ledger_health = || tonic_health::pb::HealthCheckRequest { service: "iapd.v1.Ledger".into() };
+    let wait_for = |expected: i32| {
+        let mut health = health.clone();
+        async move {
+            for _ in 0..100 {
+                if health.check(ledger_health()).await.unwrap().into_inner().status == expected {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the ledger's health never became {expected}");
+        }
+    };
+    wait_for(2).await; // NOT_SERVING
 
     psql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+    wait_for(1).await; // SERVING
     let answer = client.verify(verify_for("com.example.game", &token, "alice")).await.unwrap().into_inner();
     assert_eq!(answer.verdict(), Verdict::Valid, "the server reconnects by itself");
     assert!(!ledger_of(&answer).seen_before, "the refused call recorded nothing");
