@@ -251,7 +251,7 @@ async fn a_lost_database_answers_unavailable_and_the_server_recovers_when_it_ret
     assert_eq!(status.code(), Code::Unavailable, "never a success without a record: {status:?}");
     assert_eq!(error_info(&status), Some(("LEDGER_UNAVAILABLE".to_owned(), "iapd".to_owned())));
     let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
     let ledger_health = || tonic_health::pb::HealthCheckRequest { service: "iapd.v1.Ledger".into() };
     let wait_for = |expected: i32| {
         let mut health = health.clone();
