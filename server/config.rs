@@ -54,6 +54,7 @@ struct RawLedger {
     data_dir: PathBuf,
     max_connections: u32,
     migrate_on_start: bool,
+    final_state_freshness_ms: u64,
     apps: BTreeMap<String, RawLedgerApp>,
 }
 
@@ -65,6 +66,7 @@ impl Default for RawLedger {
             data_dir: PathBuf::from("iapd-data"),
             max_connections: 16,
             migrate_on_start: true,
+            final_state_freshness_ms: 86_400_000,
             apps: BTreeMap::new(),
         }
     }
@@ -103,6 +105,9 @@ pub struct LedgerConfig {
     pub max_connections: u32,
     /// Whether `serve` applies the migrations at start-up.
     pub migrate_on_start: bool,
+    /// How long a purchase in a final state is answered from the ledger
+    /// after the store last answered for it; zero asks the store always.
+    pub final_state_freshness: Duration,
     /// The claims policy per app id.
     pub claims: BTreeMap<String, ClaimPolicy>,
     /// Per app id, each entitlement's name and the products that grant it:
@@ -583,6 +588,7 @@ fn validate_ledger(raw: RawLedger) -> Result<Option<LedgerConfig>, ConfigError> 
         data_dir: raw.data_dir,
         max_connections: raw.max_connections,
         migrate_on_start: raw.migrate_on_start,
+        final_state_freshness: Duration::from_millis(raw.final_state_freshness_ms),
         claims: raw.apps.iter().map(|(app, settings)| (app.clone(), settings.claims)).collect(),
         entitlements: validate_entitlements(raw.apps)?,
     }))

@@ -141,6 +141,8 @@ pub(crate) fn verify_response(answer: plugin::VerifyResponse, origin: &Origin<'_
             raw_store_response: purchase.raw_store_response,
         }),
         ledger: None,
+        source: pb::AnswerSource::Unspecified.into(),
+        store_checked_time: None,
     }
 }
 

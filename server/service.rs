@@ -64,6 +64,59 @@ impl PurchaseApi {
         self.within(deadline, ledger.record_store_action(store, app_id, proof, action)).await.map(|_| ())
     }
 
+    /// The answer for a purchase the ledger holds in a final state (refunded,
+    /// canceled, consumed), answered for by the store within the freshness
+    /// window: nothing the store says can change it, so it is not asked.
+    /// The ledger's claims still apply.
+    async fn answer_from_ledger(
+        &self,
+        request: &pb::VerifyRequest,
+        proof: &pb::PurchaseProof,
+        deadline: Instant,
+    ) -> Result<Option<pb::VerifyResponse>, ApiError> {
+        let Some(ledger) = &self.ledger else { return Ok(None) };
+        let freshness = ledger.final_state_freshness();
+        if freshness.is_zero() {
+            return Ok(None);
+        }
+        let since = ledger::now_ms().saturating_sub(i64::try_from(freshness.as_millis()).unwrap_or(i64::MAX));
+        let found = ledger.final_answer(&request.store, &request.app_id, &request.product_id, proof, since);
+        let Some(found) = self.within(deadline, found).await? else { return Ok(None) };
+        let age_s = (ledger::now_ms() - found.store_checked_ms) / 1000;
+        let what =
+            if found.consumed { "consumed".to_owned() } else { found.verdict.to_lowercase().replace("verdict_", "") };
+        let purchase = pb::Purchase {
+            store: request.store.clone(),
+            app_id: request.app_id.clone(),
+            product_id: request.product_id.clone(),
+            state: pb::PurchaseState::from_str_name(&found.state).unwrap_or_default().into(),
+            consumption_state: if found.consumed {
+                pb::ConsumptionState::Consumed.into()
+            } else {
+                pb::ConsumptionState::Unspecified.into()
+            },
+            // The store's id for it, so the ledger finds the same purchase.
+            transaction_id: if found.store_key.starts_with("proof:") { String::new() } else { found.store_key },
+            quantity: 1,
+            kind: pb::ProductKind::from_str_name(&found.kind).unwrap_or_default().into(),
+            environment: pb::Environment::from_str_name(&found.environment).unwrap_or_default().into(),
+            raw_store_response: found.raw_store_response,
+            ..Default::default()
+        };
+        let mut answer = pb::VerifyResponse {
+            verdict: pb::Verdict::from_str_name(&found.verdict).unwrap_or_default().into(),
+            verdict_reason: format!(
+                "answered from iapd's ledger: the purchase is {what}, and the store answered for it {age_s} s ago"
+            ),
+            purchase: Some(purchase),
+            ledger: None,
+            source: pb::AnswerSource::Ledger.into(),
+            store_checked_time: convert::timestamp(found.store_checked_ms),
+        };
+        self.record(request, proof, &mut answer, deadline, false).await?;
+        Ok(Some(answer))
+    }
+
     /// Records a Verify's decision in the ledger before it is answered; a
     /// purchase another user owns becomes VERDICT_CLAIMED_BY_OTHER_USER.
     async fn record(
@@ -72,6 +125,7 @@ impl PurchaseApi {
         proof: &pb::PurchaseProof,
         answer: &mut pb::VerifyResponse,
         deadline: Instant,
+        from_store: bool,
     ) -> Result<(), ApiError> {
         let Some(ledger) = &self.ledger else { return Ok(()) };
         let observation = ledger::Observation {
@@ -82,6 +136,7 @@ impl PurchaseApi {
             user_id: &request.user_id,
             verdict: answer.verdict(),
             purchase: answer.purchase.as_ref(),
+            from_store,
         };
         let recorded = self.within(deadline, ledger.record(&observation)).await?;
         if recorded.claim == ledger::Claim::ClaimedByOther {
@@ -142,6 +197,9 @@ impl PurchaseService for PurchaseApi {
         let origin =
             convert::Origin { store: &request.store, app_id: &request.app_id, product_id: &request.product_id };
         let proof = request.proof.clone().unwrap_or_default();
+        if let Some(answer) = self.answer_from_ledger(&request, &proof, deadline).await? {
+            return Ok(Response::new(answer));
+        }
         let plugin_request = plugin::VerifyRequest {
             app_id: request.app_id.clone(),
             product_id: request.product_id.clone(),
@@ -151,7 +209,9 @@ impl PurchaseService for PurchaseApi {
         let answer: plugin::VerifyResponse =
             self.call(store, (abi::CAP_VERIFY, "Verify"), abi::method::VERIFY, plugin_request, deadline).await?;
         let mut answer = convert::verify_response(answer, &origin);
-        self.record(&request, &proof, &mut answer, deadline).await?;
+        answer.set_source(pb::AnswerSource::Store);
+        answer.store_checked_time = convert::timestamp(ledger::now_ms());
+        self.record(&request, &proof, &mut answer, deadline, true).await?;
         Ok(Response::new(answer))
     }
 

@@ -125,6 +125,7 @@ pub struct Ledger {
     url: String,
     claims: BTreeMap<String, ClaimPolicy>,
     entitlements: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    final_state_freshness: Duration,
     /// Woken after every commit that wrote events, so that this replica's
     /// subscribers see them at once (others' within their poll).
     events_written: Arc<Notify>,
@@ -243,6 +244,29 @@ pub struct Observation<'a> {
     pub verdict: pb::Verdict,
     /// The purchase as the store described it, if it did.
     pub purchase: Option<&'a pb::Purchase>,
+    /// Whether the store answered (not the ledger).
+    pub from_store: bool,
+}
+
+/// A purchase in a final state, as the store last described it.
+#[derive(Debug, Clone)]
+pub struct FinalAnswer {
+    /// The last verdict (`pb::Verdict` name).
+    pub verdict: String,
+    /// The last state (`pb::PurchaseState` name).
+    pub state: String,
+    /// The kind (`pb::ProductKind` name).
+    pub kind: String,
+    /// The environment (`pb::Environment` name).
+    pub environment: String,
+    /// The store's id for it, or `proof:…` when it gave none.
+    pub store_key: String,
+    /// Whether a Consume of it succeeded.
+    pub consumed: bool,
+    /// The store's last raw answer.
+    pub raw_store_response: String,
+    /// When the store last answered for it.
+    pub store_checked_ms: i64,
 }
 
 /// Whose the purchase is, as far as this Verify is concerned.
@@ -325,6 +349,7 @@ impl Ledger {
             claims: config.claims.clone(),
             entitlements: config.entitlements.clone(),
             events_written: Arc::new(Notify::new()),
+            final_state_freshness: config.final_state_freshness,
         };
         if migrate {
             ledger.migrate().await?;
@@ -411,6 +436,13 @@ impl Ledger {
         let state_before: String = row.try_get("state")?;
 
         let mut events: Vec<(&str, String)> = Vec::new();
+        if observation.from_store {
+            sqlx::query("UPDATE purchases SET store_checked_ms = $2 WHERE purchase_id = $1")
+                .bind(&purchase_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         if inserted {
             self.history(&mut tx, &purchase_id, now, "recorded", format!("verdict {verdict}, state {state}")).await?;
         } else if verdict_before != verdict || state_before != state {
@@ -736,6 +768,49 @@ impl Ledger {
             })
             .collect::<Result<Vec<_>, LedgerError>>()?;
         Ok(events)
+    }
+
+    /// The purchase this proof was verified as, if it is in a final state
+    /// (refunded, canceled, consumed) and the store answered for it since
+    /// `checked_since` (unix millis).
+    pub async fn final_answer(
+        &self,
+        store: &str,
+        app_id: &str,
+        product_id: &str,
+        proof: &pb::PurchaseProof,
+        checked_since: i64,
+    ) -> Result<Option<FinalAnswer>, LedgerError> {
+        let row = sqlx::query(
+            "SELECT verdict, state, kind, environment, store_key, consumed_ms, raw_store_response, store_checked_ms \
+             FROM purchases WHERE store = $1 AND app_id = $2 AND proof_hash = $3 AND product_id = $4 \
+             AND store_checked_ms >= $5 \
+             AND (verdict = 'VERDICT_REFUNDED' OR verdict = 'VERDICT_CANCELED' OR consumed_ms IS NOT NULL) LIMIT 1",
+        )
+        .bind(store)
+        .bind(app_id)
+        .bind(proof_hash(proof))
+        .bind(product_id)
+        .bind(checked_since)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let consumed_ms: Option<i64> = row.try_get("consumed_ms")?;
+        Ok(Some(FinalAnswer {
+            verdict: row.try_get("verdict")?,
+            state: row.try_get("state")?,
+            kind: row.try_get("kind")?,
+            environment: row.try_get("environment")?,
+            store_key: row.try_get("store_key")?,
+            consumed: consumed_ms.is_some(),
+            raw_store_response: row.try_get("raw_store_response")?,
+            store_checked_ms: row.try_get("store_checked_ms")?,
+        }))
+    }
+
+    /// How long final purchases are answered from the ledger.
+    pub fn final_state_freshness(&self) -> Duration {
+        self.final_state_freshness
     }
 
     /// One round trip to the database.

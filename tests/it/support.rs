@@ -130,7 +130,7 @@ impl Server {
         command.env("IAPD_LOG", "info,iapd=debug").env_remove("IAPD_CONFIG");
         // Each server's ledger lives in a folder of its own (on the embedded
         // defaults it would be the working directory), unless the test says.
-        let data = (!envs.iter().any(|(name, _)| name.starts_with("IAPD_LEDGER__")))
+        let data = (!envs.iter().any(|(name, _)| matches!(*name, "IAPD_LEDGER__DATA_DIR" | "IAPD_LEDGER__URL")))
             .then(|| tempfile::tempdir().expect("ledger folder"));
         if let Some(data) = &data {
             command.env("IAPD_LEDGER__DATA_DIR", data.path());
