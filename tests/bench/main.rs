@@ -3,7 +3,7 @@
 //! that BENCHMARKS.md records.
 //!
 //! Run: `cargo build --release --workspace && cargo bench --features bench-internals --bench bench`
-//! (`... --bench bench -- abi|throughput|concurrency|latency` runs one.)
+//! (`... --bench bench -- abi|throughput|concurrency|latency|ledger` runs one.)
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -35,6 +35,9 @@ fn main() {
     if wants("latency") {
         runtime.block_on(latency());
     }
+    if wants("ledger") {
+        runtime.block_on(ledger());
+    }
 }
 
 /// The folder of the release build, where the plugins are.
@@ -42,20 +45,30 @@ fn build_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_iapd")).parent().unwrap().to_owned()
 }
 
+/// Without the ledger: most benchmarks measure the path to the stores; the
+/// ledger's cost is measured on its own, in (6).
+const LEDGER_OFF: &str = "enabled = false\n";
+
 /// A config file in a temporary folder: the release build's plugins and `rest`.
 fn config_file(rest: &str) -> (PathBuf, tempfile::TempDir) {
+    config_file_with_ledger(rest, LEDGER_OFF)
+}
+
+/// A config file as [`config_file`], with `ledger` as its `[ledger]` table.
+fn config_file_with_ledger(rest: &str, ledger: &str) -> (PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("iapd.toml");
-    // Without the ledger: these measure the path to the stores; the ledger's
-    // cost is measured on its own.
-    let text =
-        format!("[plugins]\ndir = {:?}\n\n{rest}\n[ledger]\nenabled = false\n", build_dir().display().to_string());
+    let text = format!("[plugins]\ndir = {:?}\n\n{rest}\n[ledger]\n{ledger}", build_dir().display().to_string());
     std::fs::write(&path, text).unwrap();
     (path, dir)
 }
 
 fn config(stores: &str) -> (Config, tempfile::TempDir) {
-    let (path, dir) = config_file(stores);
+    config_with_ledger(stores, LEDGER_OFF)
+}
+
+fn config_with_ledger(stores: &str, ledger: &str) -> (Config, tempfile::TempDir) {
+    let (path, dir) = config_file_with_ledger(stores, ledger);
     (Config::load(&Sources { file: Some(path) }).expect("config (build the plugins with --release first)"), dir)
 }
 
@@ -245,6 +258,17 @@ fn public_request() -> pb::VerifyRequest {
     }
 }
 
+/// A Verify of a purchase no call has verified before, for a user of its own:
+/// with the ledger on, each one records a new purchase, its claim and an event.
+fn fresh_request() -> pb::VerifyRequest {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut request = public_request();
+    request.proof.as_mut().unwrap().proof = Some(pb::purchase_proof::Proof::PurchaseToken(format!("purchased-{n}")));
+    request.user_id = format!("u{n}");
+    request
+}
+
 /// CPU time this process has used (user + system), from /proc.
 fn process_cpu() -> Duration {
     cpu_time("self")
@@ -265,6 +289,18 @@ fn cpu_time(pid: &str) -> Duration {
 /// Requests per second from `WORKERS` concurrent callers over `CONNECTIONS`,
 /// and the process's CPU time per request (client and server together).
 async fn measure_rps(address: std::net::SocketAddr, seconds: u64) -> (f64, Duration) {
+    measure_rps_of(address, seconds, public_request, false).await
+}
+
+/// [`measure_rps`] with the requests `request` makes. With `ledger`, every
+/// answer must carry a ledger entry of a new purchase, newly claimed (so the
+/// call wrote it); without, none.
+async fn measure_rps_of(
+    address: std::net::SocketAddr,
+    seconds: u64,
+    request: fn() -> pb::VerifyRequest,
+    ledger: bool,
+) -> (f64, Duration) {
     const CONNECTIONS: usize = 4;
     const WORKERS: usize = 64;
     let mut clients = Vec::new();
@@ -280,7 +316,11 @@ async fn measure_rps(address: std::net::SocketAddr, seconds: u64) -> (f64, Durat
             tokio::spawn(async move {
                 let mut done = 0u64;
                 while Instant::now() < stop {
-                    client.verify(public_request()).await.unwrap();
+                    let answer = client.verify(request()).await.unwrap().into_inner();
+                    assert_eq!(answer.ledger.is_some(), ledger);
+                    if let Some(entry) = &answer.ledger {
+                        assert!(!entry.seen_before && entry.claim() == pb::Claim::New, "{entry:?}");
+                    }
                     done += 1;
                 }
                 done
@@ -300,18 +340,35 @@ async fn measure_rps(address: std::net::SocketAddr, seconds: u64) -> (f64, Durat
 async fn start_iapd(
     inline_calls: bool,
 ) -> (std::net::SocketAddr, pb::VerifyResponse, Arc<PluginHost>, tempfile::TempDir) {
+    start_iapd_with_ledger(inline_calls, LEDGER_OFF).await
+}
+
+/// [`start_iapd`] with `ledger` as the `[ledger]` table.
+async fn start_iapd_with_ledger(
+    inline_calls: bool,
+    ledger: &str,
+) -> (std::net::SocketAddr, pb::VerifyResponse, Arc<PluginHost>, tempfile::TempDir) {
     let threads = std::env::var("BENCH_PLUGIN_THREADS").unwrap_or_else(|_| "2".into());
-    let (config, dir) = config(&format!(
-        "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\nplugin_threads = {threads}\ninline_calls = {inline_calls}\n"
-    ));
+    let (config, dir) = config_with_ledger(
+        &format!(
+            "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\nplugin_threads = {threads}\ninline_calls = {inline_calls}\n"
+        ),
+        ledger,
+    );
     let host = Arc::new(PluginHost::start(&config).await.unwrap());
     assert_eq!(host.store("sandbox").unwrap().calls_inline(), inline_calls);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(iapd::serve(listener, config, host.clone(), std::future::pending()));
+    let serving = tokio::spawn(iapd::serve(listener, config, host.clone(), std::future::pending()));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut client = PurchaseServiceClient::connect(format!("http://{address}")).await.unwrap();
-    (address, client.verify(public_request()).await.unwrap().into_inner(), host, dir)
+    // The listener is bound already: the first call waits for the ledger's
+    // migrations, or fails if serve did.
+    match client.verify(public_request()).await {
+        Ok(answer) => (address, answer.into_inner(), host, dir),
+        Err(status) if serving.is_finished() => panic!("iapd stopped: {:?} ({status})", serving.await),
+        Err(status) => panic!("{status}"),
+    }
 }
 
 /// One row of (2): the median pair and the spread of the ratios.
@@ -354,6 +411,11 @@ async fn throughput() {
     // many of them, and the median ratio, are steadier than long rounds.
     let (mut bare, mut inline, mut threads) = (Vec::new(), Vec::new(), Vec::new());
     let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
+    let sandbox = inline_host.store("sandbox").unwrap();
+    println!("inline after the warm-up: {}", sandbox.calls_inline());
+    // Three overruns move the store to its plugin threads for good: the
+    // rounds it was still inline at the end of were inline throughout.
+    let mut inline_rounds = Vec::new();
     for _ in 0..ROUNDS {
         for (index, (address, rates)) in
             [(bare_address, &mut bare), (inline_address, &mut inline), (threads_address, &mut threads)]
@@ -363,6 +425,9 @@ async fn throughput() {
             let (rps, cpu_per_call) = measure_rps(address, SECONDS).await;
             rates.push(rps);
             cpu[index].push(cpu_per_call);
+            if index == 1 {
+                inline_rounds.push(sandbox.calls_inline());
+            }
         }
     }
     let median = |samples: &mut Vec<Duration>| {
@@ -379,7 +444,12 @@ async fn throughput() {
     println!("|---|---|---|---|---|---|");
     report_ratios("calls inline (the sandbox's shipped configuration)", &bare, &inline, bare_cpu / inline_cpu);
     report_ratios("calls on plugin threads (every store's default)", &bare, &threads, bare_cpu / threads_cpu);
-    let sandbox = inline_host.store("sandbox").unwrap();
+    let kept: Vec<usize> = (0..ROUNDS).filter(|round| inline_rounds[*round]).collect();
+    println!("rounds the inline server stayed inline: {} of {ROUNDS}", kept.len());
+    if !kept.is_empty() && kept.len() < ROUNDS {
+        let pick = |rates: &[f64]| kept.iter().map(|round| rates[*round]).collect::<Vec<_>>();
+        report_ratios("calls inline, only the rounds still inline", &pick(&bare), &pick(&inline), f64::NAN);
+    }
     let overruns = sandbox.counters().inline_overruns.load(std::sync::atomic::Ordering::Relaxed);
     println!("inline calls over their budget: {overruns}; still inline at the end: {}", sandbox.calls_inline());
     println!(
@@ -881,4 +951,298 @@ async fn latency() {
             println!("{row}");
         }
     }
+}
+
+/// A PostgreSQL database of (6)'s own, dropped with this value.
+struct BenchDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl BenchDatabase {
+    /// Creates a database of a unique name through `admin`, a URL of the
+    /// server's maintenance database.
+    async fn create(admin: &str) -> Result<BenchDatabase, String> {
+        use sqlx::Connection;
+        let since_epoch = std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap();
+        let name = format!("iapd_bench_{}_{}", std::process::id(), since_epoch.as_millis());
+        let mut url = reqwest::Url::parse(admin).map_err(|err| err.to_string())?;
+        url.set_path(&format!("/{name}"));
+        let mut connection = sqlx::PgConnection::connect(admin).await.map_err(|err| err.to_string())?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut connection)
+            .await
+            .map_err(|err| err.to_string())?;
+        let _ = connection.close().await;
+        Ok(BenchDatabase { admin: admin.to_owned(), name, url: url.to_string() })
+    }
+
+    /// The database's URL with `options` (libpq's `-c name=value` settings).
+    fn url_with_options(&self, options: &str) -> String {
+        let mut url = reqwest::Url::parse(&self.url).unwrap();
+        url.query_pairs_mut().append_pair("options", options);
+        url.to_string()
+    }
+
+    /// The server processes serving this database's connections.
+    async fn backends(&self) -> Vec<u32> {
+        use sqlx::Connection;
+        let Ok(mut connection) = sqlx::PgConnection::connect(&self.admin).await else { return Vec::new() };
+        let rows: Vec<(i32,)> = sqlx::query_as("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+            .bind(&self.name)
+            .fetch_all(&mut connection)
+            .await
+            .unwrap_or_default();
+        let _ = connection.close().await;
+        rows.into_iter().filter_map(|(pid,)| u32::try_from(pid).ok()).collect()
+    }
+}
+
+impl Drop for BenchDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs on the runtime: the statement gets a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut connection = sqlx::PgConnection::connect(&admin).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut connection).await?;
+                connection.close().await
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => println!("dropped database {}", self.name),
+            other => println!("could not drop database {}: {other:?}", self.name),
+        }
+    }
+}
+
+/// One iapd of (6), and what its rounds measured.
+struct LedgerServer {
+    what: String,
+    address: std::net::SocketAddr,
+    host: Arc<PluginHost>,
+    ledger: bool,
+    /// Whether its CPU includes PostgreSQL backends of the bench database.
+    postgres: bool,
+    _dir: tempfile::TempDir,
+    rates: Vec<f64>,
+    ratios: Vec<f64>,
+    cpu: Vec<Duration>,
+    backend_cpu: Vec<Duration>,
+}
+
+impl LedgerServer {
+    async fn start(what: &str, ledger: &str, postgres: bool) -> LedgerServer {
+        let (address, _, host, dir) = start_iapd_with_ledger(true, ledger).await;
+        LedgerServer {
+            what: what.to_owned(),
+            address,
+            host,
+            ledger: ledger != LEDGER_OFF,
+            postgres,
+            _dir: dir,
+            rates: Vec::new(),
+            ratios: Vec::new(),
+            cpu: Vec::new(),
+            backend_cpu: Vec::new(),
+        }
+    }
+}
+
+/// Median and p90 of `samples`, sorted in place.
+fn median_p90(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort();
+    (percentile(samples, 0.5), percentile(samples, 0.9))
+}
+
+/// (6) Verify throughput with the ledger recording every call, durably (the
+/// commit before the answer), on SQLite and on PostgreSQL, as a ratio to the
+/// same iapd with the ledger off: the harness of (2), every Verify a purchase
+/// never seen before, claimed by a user of its own. Then the diagnostics
+/// that say where the time goes.
+async fn ledger() {
+    use sqlx::Connection;
+    const ROUNDS: usize = 15;
+    const SECONDS: u64 = 1;
+    let admin = std::env::var("BENCH_LEDGER_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let database = match BenchDatabase::create(&admin).await {
+        Ok(database) => Some(database),
+        Err(err) => {
+            println!("PostgreSQL at {admin} is out of reach ({err}): its rows are skipped");
+            None
+        }
+    };
+    // The temporary folder is on the machine's disk; /dev/shm is memory, where
+    // an fsync costs nothing (a diagnostic, not durable).
+    let disk = tempfile::tempdir().unwrap();
+    let memory = tempfile::tempdir_in("/dev/shm").ok();
+    println!("load average before (6): {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
+
+    // Rounds run the servers in this order, back to back; each ledger round's
+    // ratio is against the ledger-off round before it.
+    let mut servers = vec![LedgerServer::start("ledger off", LEDGER_OFF, false).await];
+    let data_dir = |dir: &std::path::Path| format!("enabled = true\ndata_dir = {:?}\n", dir.display().to_string());
+    servers.push(LedgerServer::start("SQLite, durable", &data_dir(disk.path()), false).await);
+    if let Some(memory) = &memory {
+        servers.push(
+            LedgerServer::start("diagnostic: SQLite in memory (/dev/shm, fsync free)", &data_dir(memory.path()), false)
+                .await,
+        );
+    }
+    if let Some(database) = &database {
+        servers.push(LedgerServer::start("ledger off", LEDGER_OFF, false).await);
+        let url = |url: &str| format!("enabled = true\nurl = {url:?}\n");
+        servers.push(LedgerServer::start("PostgreSQL, durable", &url(&database.url), true).await);
+        let relaxed = database.url_with_options("-c synchronous_commit=off");
+        // The option must reach the server, or the diagnostic says nothing.
+        let mut check = sqlx::PgConnection::connect(&relaxed).await.unwrap();
+        let (setting,): (String,) = sqlx::query_as("SHOW synchronous_commit").fetch_one(&mut check).await.unwrap();
+        assert_eq!(setting, "off");
+        let _ = check.close().await;
+        servers
+            .push(LedgerServer::start("diagnostic: PostgreSQL, synchronous_commit = off", &url(&relaxed), true).await);
+    }
+    if let Ok(what) = std::env::var("BENCH_PROFILE_LEDGER") {
+        // Load on one server alone, for a profiler: the first whose name
+        // contains the variable's value (`off`, `SQLite`, `memory`, ...).
+        let server = servers.iter().find(|server| server.what.contains(&what)).expect("no such server");
+        let seconds = std::env::var("BENCH_PROFILE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+        println!("profiling {}: pid {}, {seconds} s", server.what, std::process::id());
+        let (rps, cpu) = measure_rps_of(server.address, seconds, fresh_request, server.ledger).await;
+        println!("{} alone: {rps:.0} req/s, {cpu:?} CPU per request", server.what);
+        return;
+    }
+    for server in &servers {
+        let _ = measure_rps_of(server.address, 1, fresh_request, server.ledger).await; // warm up
+    }
+    for _ in 0..ROUNDS {
+        let mut baseline = 0.0;
+        for server in &mut servers {
+            let backends = match (&database, server.postgres) {
+                (Some(database), true) => database.backends().await,
+                _ => Vec::new(),
+            };
+            let backend_cpu = || backends.iter().map(|pid| cpu_time(&pid.to_string())).sum::<Duration>();
+            let before = backend_cpu();
+            let (rps, cpu) = measure_rps_of(server.address, SECONDS, fresh_request, server.ledger).await;
+            let backend = backend_cpu().saturating_sub(before);
+            server.backend_cpu.push(backend.div_f64((rps * SECONDS as f64).max(1.0)));
+            if server.ledger {
+                server.ratios.push(rps / baseline);
+            } else {
+                baseline = rps;
+            }
+            server.rates.push(rps);
+            server.cpu.push(cpu);
+        }
+    }
+
+    println!(
+        "\n(6) Verify throughput with the ledger, 64 concurrent callers over 4 connections, {ROUNDS} back-to-back rounds of {SECONDS} s each per server, a new purchase and user every call"
+    );
+    println!(
+        "| ledger | ledger off (req/s, median) | ledger on (req/s, median) | ratio, median round | ratio range | CPU µs per request, this process | + PostgreSQL backends | cores busy |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut off_rate = 0.0;
+    for server in &servers {
+        let rate = median(&server.rates);
+        let cpu = median(&server.cpu);
+        let busy = cpu.as_secs_f64() * rate;
+        if !server.ledger {
+            off_rate = rate;
+            println!("| {} | {rate:.0} | | | | {:.1} | | {busy:.2} |", server.what, cpu.as_secs_f64() * 1e6);
+            continue;
+        }
+        let mut ratios = server.ratios.clone();
+        ratios.sort_by(f64::total_cmp);
+        let backend = median(&server.backend_cpu);
+        println!(
+            "| {} | {off_rate:.0} | {rate:.0} | **{:.2}** | {:.2}-{:.2} | {:.1} | {} | {:.2} |",
+            server.what,
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1],
+            cpu.as_secs_f64() * 1e6,
+            if server.postgres { format!("{:.1}", backend.as_secs_f64() * 1e6) } else { String::new() },
+            busy + backend.as_secs_f64() * rate,
+        );
+    }
+    for server in &servers {
+        let sandbox = server.host.store("sandbox").unwrap();
+        let overruns = sandbox.counters().inline_overruns.load(std::sync::atomic::Ordering::Relaxed);
+        println!("{}: inline calls over their budget {overruns}, still inline {}", server.what, sandbox.calls_inline());
+    }
+
+    // Where a durable commit waits: the disk's flush, measured where the
+    // SQLite file is (append 4 KiB, fdatasync; as a WAL commit does).
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(disk.path().join("fsync-probe")).unwrap();
+        let mut samples = Vec::new();
+        for _ in 0..300 {
+            let started = Instant::now();
+            file.write_all(&[7u8; 4096]).unwrap();
+            file.sync_data().unwrap();
+            samples.push(started.elapsed());
+        }
+        let (p50, p90) = median_p90(&mut samples);
+        println!("\nappend 4 KiB + fdatasync in the SQLite folder, 300 times: median {p50:?}, p90 {p90:?}");
+    }
+    let Some(database) = &database else { return };
+    {
+        // One statement's round trip to PostgreSQL, unloaded.
+        let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
+        let mut samples = Vec::new();
+        for _ in 0..2_000 {
+            let started = Instant::now();
+            sqlx::query("SELECT 1").execute(&mut connection).await.unwrap();
+            samples.push(started.elapsed());
+        }
+        let (p50, p90) = median_p90(&mut samples);
+        println!("PostgreSQL round trip (SELECT 1, one connection, no load), 2,000 times: median {p50:?}, p90 {p90:?}");
+        let _ = connection.close().await;
+    }
+    // What the durable PostgreSQL ledger's backends are doing under the load:
+    // pg_stat_activity sampled every 10 ms for 3 s.
+    let durable = servers.iter().find(|server| server.postgres).unwrap();
+    let (address, name) = (durable.address, database.name.clone());
+    let mut connection = sqlx::PgConnection::connect(&database.admin).await.unwrap();
+    let load = tokio::spawn(measure_rps_of(address, 3, fresh_request, true));
+    let mut seen: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut samples = 0u64;
+    while !load.is_finished() {
+        let rows: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT state, wait_event_type, wait_event FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&name)
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+        samples += 1;
+        for (state, kind, event) in rows {
+            let what = format!(
+                "{} / {}",
+                state.unwrap_or_default(),
+                [kind, event].into_iter().flatten().collect::<Vec<_>>().join(":")
+            );
+            *seen.entry(what).or_default() += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (rps, _) = load.await.unwrap();
+    let mut seen: Vec<_> = seen.into_iter().collect();
+    seen.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    println!(
+        "PostgreSQL, durable, under the same load ({rps:.0} req/s): backends by state / wait event, mean count over {samples} samples"
+    );
+    for (what, count) in seen {
+        println!("  {:5.2}  {what}", count as f64 / samples as f64);
+    }
+    let _ = connection.close().await;
 }
