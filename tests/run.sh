@@ -49,7 +49,8 @@ fi
 export PATH="$tools/venv/bin:$tools/node/node_modules/.bin:$PATH"
 
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+# With the benchmarks feature, so the benchmarks are checked too.
+cargo clippy --workspace --all-targets --features bench-internals --quiet -- -D warnings
 # The integration tests load the real plugin libraries, so build them first.
 cargo build --workspace --quiet
 cargo test --workspace --quiet

@@ -243,6 +243,37 @@ impl pb::purchase_service_server::PurchaseService for Bare {
     ) -> Result<tonic::Response<pb::ListStoresResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented(""))
     }
+    type WatchEventsStream = tokio_stream::Empty<Result<pb::WatchEventsResponse, tonic::Status>>;
+    async fn grant(
+        &self,
+        _: tonic::Request<pb::GrantRequest>,
+    ) -> Result<tonic::Response<pb::GrantResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(""))
+    }
+    async fn confirm_grant(
+        &self,
+        _: tonic::Request<pb::ConfirmGrantRequest>,
+    ) -> Result<tonic::Response<pb::ConfirmGrantResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(""))
+    }
+    async fn get_entitlements(
+        &self,
+        _: tonic::Request<pb::GetEntitlementsRequest>,
+    ) -> Result<tonic::Response<pb::GetEntitlementsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(""))
+    }
+    async fn list_purchases(
+        &self,
+        _: tonic::Request<pb::ListPurchasesRequest>,
+    ) -> Result<tonic::Response<pb::ListPurchasesResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(""))
+    }
+    async fn watch_events(
+        &self,
+        _: tonic::Request<pb::WatchEventsRequest>,
+    ) -> Result<tonic::Response<Self::WatchEventsStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented(""))
+    }
 }
 
 fn public_request() -> pb::VerifyRequest {
