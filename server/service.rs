@@ -85,24 +85,9 @@ impl PurchaseApi {
         let age_s = (ledger::now_ms() - found.store_checked_ms) / 1000;
         let what =
             if found.consumed { "consumed".to_owned() } else { found.verdict.to_lowercase().replace("verdict_", "") };
-        let purchase = pb::Purchase {
-            store: request.store.clone(),
-            app_id: request.app_id.clone(),
-            product_id: request.product_id.clone(),
-            state: pb::PurchaseState::from_str_name(&found.state).unwrap_or_default().into(),
-            consumption_state: if found.consumed {
-                pb::ConsumptionState::Consumed.into()
-            } else {
-                pb::ConsumptionState::Unspecified.into()
-            },
-            // The store's id for it, so the ledger finds the same purchase.
-            transaction_id: if found.store_key.starts_with("proof:") { String::new() } else { found.store_key },
-            quantity: 1,
-            kind: pb::ProductKind::from_str_name(&found.kind).unwrap_or_default().into(),
-            environment: pb::Environment::from_str_name(&found.environment).unwrap_or_default().into(),
-            raw_store_response: found.raw_store_response,
-            ..Default::default()
-        };
+        // The store's own last description, as iapd saw it change since; a
+        // purchase recorded before the ledger kept one is asked again.
+        let Some(purchase) = found.purchase else { return Ok(None) };
         let mut answer = pb::VerifyResponse {
             verdict: pb::Verdict::from_str_name(&found.verdict).unwrap_or_default().into(),
             verdict_reason: format!(

@@ -253,18 +253,11 @@ pub struct Observation<'a> {
 pub struct FinalAnswer {
     /// The last verdict (`pb::Verdict` name).
     pub verdict: String,
-    /// The last state (`pb::PurchaseState` name).
-    pub state: String,
-    /// The kind (`pb::ProductKind` name).
-    pub kind: String,
-    /// The environment (`pb::Environment` name).
-    pub environment: String,
-    /// The store's id for it, or `proof:…` when it gave none.
-    pub store_key: String,
     /// Whether a Consume of it succeeded.
     pub consumed: bool,
-    /// The store's last raw answer.
-    pub raw_store_response: String,
+    /// The store's last description of it, its raw answer included, with
+    /// what iapd saw happen since (a Consume) applied.
+    pub purchase: Option<pb::Purchase>,
     /// When the store last answered for it.
     pub store_checked_ms: i64,
 }
@@ -437,9 +430,14 @@ impl Ledger {
 
         let mut events: Vec<(&str, String)> = Vec::new();
         if observation.from_store {
-            sqlx::query("UPDATE purchases SET store_checked_ms = $2 WHERE purchase_id = $1")
+            let described = observation.purchase.map(|purchase| {
+                let without_raw = pb::Purchase { raw_store_response: String::new(), ..purchase.clone() };
+                hex(&prost::Message::encode_to_vec(&without_raw))
+            });
+            sqlx::query("UPDATE purchases SET store_checked_ms = $2, last_purchase = $3 WHERE purchase_id = $1")
                 .bind(&purchase_id)
                 .bind(now)
+                .bind(described)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -782,7 +780,7 @@ impl Ledger {
         checked_since: i64,
     ) -> Result<Option<FinalAnswer>, LedgerError> {
         let row = sqlx::query(
-            "SELECT verdict, state, kind, environment, store_key, consumed_ms, raw_store_response, store_checked_ms \
+            "SELECT verdict, consumed_ms, acknowledged_ms, raw_store_response, store_checked_ms, last_purchase \
              FROM purchases WHERE store = $1 AND app_id = $2 AND proof_hash = $3 AND product_id = $4 \
              AND store_checked_ms >= $5 \
              AND (verdict = 'VERDICT_REFUNDED' OR verdict = 'VERDICT_CANCELED' OR consumed_ms IS NOT NULL) LIMIT 1",
@@ -795,15 +793,26 @@ impl Ledger {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let consumed_ms: Option<i64> = row.try_get("consumed_ms")?;
+        let consumed = row.try_get::<Option<i64>, _>("consumed_ms")?.is_some();
+        let acknowledged = row.try_get::<Option<i64>, _>("acknowledged_ms")?.is_some();
+        let described: Option<String> = row.try_get("last_purchase")?;
+        let purchase = described.and_then(|text| unhex(&text)).and_then(|bytes| {
+            let mut purchase = <pb::Purchase as prost::Message>::decode(bytes.as_slice()).ok()?;
+            if consumed {
+                purchase.set_consumption_state(pb::ConsumptionState::Consumed);
+            }
+            // A consumed purchase is acknowledged too, where the store has the notion.
+            if (consumed || acknowledged) && purchase.acknowledgement_state() != pb::AcknowledgementState::NotApplicable
+            {
+                purchase.set_acknowledgement_state(pb::AcknowledgementState::Acknowledged);
+            }
+            Some(purchase)
+        });
+        let raw_store_response: String = row.try_get("raw_store_response")?;
         Ok(Some(FinalAnswer {
             verdict: row.try_get("verdict")?,
-            state: row.try_get("state")?,
-            kind: row.try_get("kind")?,
-            environment: row.try_get("environment")?,
-            store_key: row.try_get("store_key")?,
-            consumed: consumed_ms.is_some(),
-            raw_store_response: row.try_get("raw_store_response")?,
+            consumed,
+            purchase: purchase.map(|purchase| pb::Purchase { raw_store_response, ..purchase }),
             store_checked_ms: row.try_get("store_checked_ms")?,
         }))
     }
@@ -979,6 +988,12 @@ fn proof_hash(proof: &pb::PurchaseProof) -> String {
         text.push_str(&format!("\n{key}={value}"));
     }
     hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (text.len() % 2 == 0)
+        .then(|| (0..text.len()).step_by(2).map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok()).collect())
+        .flatten()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -2,4 +2,6 @@
 -- state can be answered from the ledger for a while. Kept in step with
 -- ../sqlite/0004_store_checked.sql.
 ALTER TABLE purchases ADD COLUMN store_checked_ms BIGINT;
-UPDATE purchases SET store_checked_ms = last_seen_ms;
+-- The store's last description of the purchase (protobuf, hex), for those
+-- answers; its raw answer is in raw_store_response.
+ALTER TABLE purchases ADD COLUMN last_purchase TEXT;
