@@ -88,6 +88,16 @@ fn verify_for(app_id: &str, token: &str, user_id: &str) -> pb::VerifyRequest {
     }
 }
 
+/// Consumes a sandbox `coins_100` purchase of com.example.game.
+fn consume_for(token: &str) -> pb::ConsumeRequest {
+    pb::ConsumeRequest {
+        store: "sandbox".into(),
+        app_id: "com.example.game".into(),
+        product_id: "coins_100".into(),
+        proof: crate::support::token(token),
+    }
+}
+
 fn ledger_of(answer: &pb::VerifyResponse) -> &pb::LedgerEntry {
     answer.ledger.as_ref().expect("the answer carries the ledger's record")
 }
@@ -329,13 +339,7 @@ async fn a_purchase_is_granted_once_to_its_owner_and_never_after_a_consume_witho
         assert_eq!(error_info(&status), Some(("PURCHASE_NOT_GRANTABLE".into(), "iapd".into())), "{db_name}");
         let token = unique("purchased");
         let consumed = verified_purchase_id(&mut client, &token, "alice").await;
-        let consume = pb::ConsumeRequest {
-            store: "sandbox".into(),
-            app_id: "com.example.game".into(),
-            product_id: "coins_100".into(),
-            proof: crate::support::token(&token),
-        };
-        client.consume(consume).await.unwrap();
+        client.consume(consume_for(&token)).await.unwrap();
         let status = client.grant(grant(&consumed, "alice")).await.unwrap_err();
         assert_eq!(error_info(&status), Some(("CONSUMED_WITHOUT_GRANT".into(), "iapd".into())), "{db_name}");
 
@@ -482,13 +486,7 @@ async fn entitlements_and_purchases_answer_what_a_user_may_use_now() {
         let bob = client.get_entitlements(entitlements("bob")).await.unwrap().into_inner();
         assert!(!active(&bob, "premium"), "{db_name}: entitlements are per user");
 
-        let consume = pb::ConsumeRequest {
-            store: "sandbox".into(),
-            app_id: "com.example.game".into(),
-            product_id: "coins_100".into(),
-            proof: crate::support::token(&coins),
-        };
-        client.consume(consume).await.unwrap();
+        client.consume(consume_for(&coins)).await.unwrap();
         let spent = client.get_entitlements(entitlements("alice")).await.unwrap().into_inner();
         assert!(!active(&spent, "coins"), "{db_name}: a consumed purchase is used up");
 
@@ -638,13 +636,7 @@ async fn final_purchases_are_answered_from_the_ledger_while_fresh_and_claims_sti
         let token = unique("purchased");
         let first = client.verify(verify_for("com.example.game", &token, "alice")).await.unwrap().into_inner();
         assert_eq!(first.source(), pb::AnswerSource::Store, "{db_name}");
-        let consume = pb::ConsumeRequest {
-            store: "sandbox".into(),
-            app_id: "com.example.game".into(),
-            product_id: "coins_100".into(),
-            proof: crate::support::token(&token),
-        };
-        client.consume(consume).await.unwrap();
+        client.consume(consume_for(&token)).await.unwrap();
         let consumed = client.verify(verify_for("com.example.game", &token, "alice")).await.unwrap().into_inner();
         assert_eq!(consumed.source(), pb::AnswerSource::Ledger, "{db_name}: a consumed purchase is final");
         assert_eq!(consumed.purchase.as_ref().unwrap().consumption_state(), pb::ConsumptionState::Consumed);
