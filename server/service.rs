@@ -32,6 +32,12 @@ impl PurchaseApi {
         PurchaseApi { host, ledger, default_timeout: config.default_timeout }
     }
 
+    /// The hash the ledger knows a proof by; none without a ledger. Taken
+    /// before the proof moves into the plugin's request, so it is never copied.
+    fn proof_hash(&self, proof: Option<&pb::PurchaseProof>) -> Option<ledger::ProofHash> {
+        self.ledger.as_ref().map(|_| ledger::ProofHash::of(proof.unwrap_or(&pb::PurchaseProof::default())))
+    }
+
     fn ledger(&self, operation: &'static str) -> Result<&Ledger, ApiError> {
         self.ledger.as_ref().ok_or(ApiError::LedgerDisabled { operation })
     }
@@ -56,12 +62,12 @@ impl PurchaseApi {
         &self,
         store: &str,
         app_id: &str,
-        proof: &pb::PurchaseProof,
+        proof_hash: Option<&ledger::ProofHash>,
         action: ledger::StoreAction,
         deadline: Instant,
     ) -> Result<(), ApiError> {
-        let Some(ledger) = &self.ledger else { return Ok(()) };
-        self.within(deadline, ledger.record_store_action(store, app_id, proof, action)).await.map(|_| ())
+        let (Some(ledger), Some(proof_hash)) = (&self.ledger, proof_hash) else { return Ok(()) };
+        self.within(deadline, ledger.record_store_action(store, app_id, proof_hash, action)).await.map(|_| ())
     }
 
     /// The answer for a purchase the ledger holds in a final state (refunded,
@@ -71,16 +77,16 @@ impl PurchaseApi {
     async fn answer_from_ledger(
         &self,
         request: &pb::VerifyRequest,
-        proof: &pb::PurchaseProof,
+        proof_hash: Option<&ledger::ProofHash>,
         deadline: Instant,
     ) -> Result<Option<pb::VerifyResponse>, ApiError> {
-        let Some(ledger) = &self.ledger else { return Ok(None) };
+        let (Some(ledger), Some(proof_hash)) = (&self.ledger, proof_hash) else { return Ok(None) };
         let freshness = ledger.final_state_freshness();
         if freshness.is_zero() {
             return Ok(None);
         }
         let since = ledger::now_ms().saturating_sub(i64::try_from(freshness.as_millis()).unwrap_or(i64::MAX));
-        let found = ledger.final_answer(&request.store, &request.app_id, &request.product_id, proof, since);
+        let found = ledger.final_answer(&request.store, &request.app_id, &request.product_id, proof_hash, since);
         let Some(found) = self.within(deadline, found).await? else { return Ok(None) };
         let age_s = (ledger::now_ms() - found.store_checked_ms) / 1000;
         let what =
@@ -98,7 +104,7 @@ impl PurchaseApi {
             source: pb::AnswerSource::Ledger.into(),
             store_checked_time: convert::timestamp(found.store_checked_ms),
         };
-        self.record(request, proof, &mut answer, deadline, false).await?;
+        self.record(request, Some(proof_hash), &mut answer, deadline, false).await?;
         Ok(Some(answer))
     }
 
@@ -107,17 +113,17 @@ impl PurchaseApi {
     async fn record(
         &self,
         request: &pb::VerifyRequest,
-        proof: &pb::PurchaseProof,
+        proof_hash: Option<&ledger::ProofHash>,
         answer: &mut pb::VerifyResponse,
         deadline: Instant,
         from_store: bool,
     ) -> Result<(), ApiError> {
-        let Some(ledger) = &self.ledger else { return Ok(()) };
+        let (Some(ledger), Some(proof_hash)) = (&self.ledger, proof_hash) else { return Ok(()) };
         let observation = ledger::Observation {
             store: &request.store,
             app_id: &request.app_id,
             product_id: &request.product_id,
-            proof,
+            proof_hash,
             user_id: &request.user_id,
             verdict: answer.verdict(),
             purchase: answer.purchase.as_ref(),
@@ -174,21 +180,21 @@ impl PurchaseApi {
 impl PurchaseService for PurchaseApi {
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let deadline = self.deadline(&request);
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         let store = self.store(&request.store)?;
         validate::app_and_product(&request.app_id, &request.product_id)?;
         validate::proof(request.proof.as_ref())?;
         validate::user_id(&request.user_id)?;
         let origin =
             convert::Origin { store: &request.store, app_id: &request.app_id, product_id: &request.product_id };
-        let proof = request.proof.clone().unwrap_or_default();
-        if let Some(answer) = self.answer_from_ledger(&request, &proof, deadline).await? {
+        let proof_hash = self.proof_hash(request.proof.as_ref());
+        if let Some(answer) = self.answer_from_ledger(&request, proof_hash.as_ref(), deadline).await? {
             return Ok(Response::new(answer));
         }
         let plugin_request = plugin::VerifyRequest {
             app_id: request.app_id.clone(),
             product_id: request.product_id.clone(),
-            proof: request.proof.clone().map(convert::proof),
+            proof: request.proof.take().map(convert::proof),
             user_id: request.user_id.clone(),
         };
         let answer: plugin::VerifyResponse =
@@ -196,7 +202,7 @@ impl PurchaseService for PurchaseApi {
         let mut answer = convert::verify_response(answer, &origin);
         answer.set_source(pb::AnswerSource::Store);
         answer.store_checked_time = convert::timestamp(ledger::now_ms());
-        self.record(&request, &proof, &mut answer, deadline, true).await?;
+        self.record(&request, proof_hash.as_ref(), &mut answer, deadline, true).await?;
         Ok(Response::new(answer))
     }
 
@@ -210,7 +216,7 @@ impl PurchaseService for PurchaseApi {
         validate::app_and_product(&request.app_id, &request.product_id)?;
         validate::proof(request.proof.as_ref())?;
         validate::developer_payload(&request.developer_payload)?;
-        let proof = request.proof.clone().unwrap_or_default();
+        let proof_hash = self.proof_hash(request.proof.as_ref());
         let plugin_request = plugin::AcknowledgeRequest {
             app_id: request.app_id.clone(),
             product_id: request.product_id,
@@ -220,8 +226,14 @@ impl PurchaseService for PurchaseApi {
         let answer: plugin::AcknowledgeResponse = self
             .call(store, (abi::CAP_ACKNOWLEDGE, "Acknowledge"), abi::method::ACKNOWLEDGE, plugin_request, deadline)
             .await?;
-        self.record_store_action(&request.store, &request.app_id, &proof, ledger::StoreAction::Acknowledged, deadline)
-            .await?;
+        self.record_store_action(
+            &request.store,
+            &request.app_id,
+            proof_hash.as_ref(),
+            ledger::StoreAction::Acknowledged,
+            deadline,
+        )
+        .await?;
         Ok(Response::new(pb::AcknowledgeResponse { already_acknowledged: answer.already_acknowledged }))
     }
 
@@ -231,7 +243,7 @@ impl PurchaseService for PurchaseApi {
         let store = self.store(&request.store)?;
         validate::app_and_product(&request.app_id, &request.product_id)?;
         validate::proof(request.proof.as_ref())?;
-        let proof = request.proof.clone().unwrap_or_default();
+        let proof_hash = self.proof_hash(request.proof.as_ref());
         let plugin_request = plugin::ConsumeRequest {
             app_id: request.app_id.clone(),
             product_id: request.product_id,
@@ -239,8 +251,14 @@ impl PurchaseService for PurchaseApi {
         };
         let answer: plugin::ConsumeResponse =
             self.call(store, (abi::CAP_CONSUME, "Consume"), abi::method::CONSUME, plugin_request, deadline).await?;
-        self.record_store_action(&request.store, &request.app_id, &proof, ledger::StoreAction::Consumed, deadline)
-            .await?;
+        self.record_store_action(
+            &request.store,
+            &request.app_id,
+            proof_hash.as_ref(),
+            ledger::StoreAction::Consumed,
+            deadline,
+        )
+        .await?;
         Ok(Response::new(pb::ConsumeResponse { already_consumed: answer.already_consumed }))
     }
 
@@ -274,7 +292,7 @@ impl PurchaseService for PurchaseApi {
         let request = request.into_inner();
         let ledger = self.ledger("Grant")?;
         validate::purchase_id(&request.purchase_id)?;
-        validate::grant_user_id(&request.user_id)?;
+        validate::required_user_id(&request.user_id)?;
         let grant = self.within(deadline, ledger.grant(&request.purchase_id, &request.user_id)).await?;
         let state = match grant.state {
             ledger::GrantState::Started => pb::GrantState::Started,
@@ -308,7 +326,7 @@ impl PurchaseService for PurchaseApi {
         let request = request.into_inner();
         let ledger = self.ledger("GetEntitlements")?;
         validate::app_id(&request.app_id)?;
-        validate::grant_user_id(&request.user_id)?;
+        validate::required_user_id(&request.user_id)?;
         let found = self.within(deadline, ledger.entitlements_of(&request.app_id, &request.user_id)).await?;
         Ok(Response::new(pb::GetEntitlementsResponse {
             entitlements: found
@@ -333,7 +351,7 @@ impl PurchaseService for PurchaseApi {
         let request = request.into_inner();
         let ledger = self.ledger("ListPurchases")?;
         validate::app_id(&request.app_id)?;
-        validate::grant_user_id(&request.user_id)?;
+        validate::required_user_id(&request.user_id)?;
         let (page_size, after) = validate::purchases_page(request.page_size, &request.page_token)?;
         // One more than the page tells whether another page follows.
         let mut held = self

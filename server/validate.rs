@@ -141,8 +141,8 @@ pub(crate) fn event_cursor(cursor: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| invalid("after_cursor", "was not issued by this server (`e1.` and a number)"))
 }
 
-/// A grant needs the user it goes to.
-pub(crate) fn grant_user_id(value: &str) -> Result<(), ApiError> {
+/// A user id where one is required (grants, entitlements, purchases).
+pub(crate) fn required_user_id(value: &str) -> Result<(), ApiError> {
     required("user_id", value, MAX_ID)
 }
 

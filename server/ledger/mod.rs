@@ -236,8 +236,8 @@ pub struct Observation<'a> {
     pub app_id: &'a str,
     /// The product asked about.
     pub product_id: &'a str,
-    /// The proof as the caller sent it; only its hash is kept.
-    pub proof: &'a pb::PurchaseProof,
+    /// The hash of the proof the caller sent; the proof itself is never kept.
+    pub proof_hash: &'a ProofHash,
     /// The caller's user id, empty if none.
     pub user_id: &'a str,
     /// The verdict.
@@ -371,7 +371,7 @@ impl Ledger {
     /// one transaction: with two replicas racing to claim one purchase for
     /// two users, exactly one of them becomes its owner.
     pub async fn record(&self, observation: &Observation<'_>) -> Result<Recorded, LedgerError> {
-        let proof_hash = proof_hash(observation.proof);
+        let proof_hash = &observation.proof_hash.0;
         let store_key = observation
             .purchase
             .and_then(|purchase| {
@@ -396,7 +396,7 @@ impl Ledger {
         .bind(observation.app_id)
         .bind(observation.product_id)
         .bind(&store_key)
-        .bind(&proof_hash)
+        .bind(proof_hash)
         .bind(verdict)
         .bind(state)
         .bind(purchase.environment().as_str_name())
@@ -628,7 +628,7 @@ impl Ledger {
         &self,
         store: &str,
         app_id: &str,
-        proof: &pb::PurchaseProof,
+        proof_hash: &ProofHash,
         action: StoreAction,
     ) -> Result<Option<String>, LedgerError> {
         let now = now_ms();
@@ -644,7 +644,7 @@ impl Ledger {
         ))
         .bind(store)
         .bind(app_id)
-        .bind(proof_hash(proof))
+        .bind(&proof_hash.0)
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
@@ -776,7 +776,7 @@ impl Ledger {
         store: &str,
         app_id: &str,
         product_id: &str,
-        proof: &pb::PurchaseProof,
+        proof_hash: &ProofHash,
         checked_since: i64,
     ) -> Result<Option<FinalAnswer>, LedgerError> {
         let row = sqlx::query(
@@ -787,7 +787,7 @@ impl Ledger {
         )
         .bind(store)
         .bind(app_id)
-        .bind(proof_hash(proof))
+        .bind(&proof_hash.0)
         .bind(product_id)
         .bind(checked_since)
         .fetch_optional(&self.pool)
@@ -971,7 +971,18 @@ fn new_grant_id() -> Result<String, LedgerError> {
     Ok(format!("grt_{}", hex(&bytes)))
 }
 
-/// A hash of the proof: enough to recognize it again, useless to replay.
+/// A hash of a proof: enough to recognize it again, useless to replay.
+/// Computed once per call, before the proof moves on to the plugin.
+#[derive(Debug, Clone)]
+pub struct ProofHash(String);
+
+impl ProofHash {
+    /// The hash of `proof` (its kind, value and store parameters).
+    pub fn of(proof: &pb::PurchaseProof) -> ProofHash {
+        ProofHash(proof_hash(proof))
+    }
+}
+
 fn proof_hash(proof: &pb::PurchaseProof) -> String {
     use pb::purchase_proof::Proof;
     let (kind, value) = match &proof.proof {
