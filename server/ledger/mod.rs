@@ -21,6 +21,8 @@ use tokio::sync::Notify;
 use crate::config::{ClaimPolicy, LedgerConfig};
 use crate::pb;
 
+mod batch;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("server/ledger/migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("server/ledger/migrations/postgres");
 
@@ -129,6 +131,8 @@ pub struct Ledger {
     /// Woken after every commit that wrote events, so that this replica's
     /// subscribers see them at once (others' within their poll).
     events_written: Arc<Notify>,
+    /// The writer that records Verifies in batches.
+    recorder: tokio::sync::mpsc::Sender<batch::Pending>,
 }
 
 /// The kinds of events the ledger writes.
@@ -335,13 +339,15 @@ impl Ledger {
             // answer) and sqlx's 5 s busy timeout (writers queue, not fail).
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await.map_err(|err| open_error(err.to_string()))?;
         }
+        let events_written = Arc::new(Notify::new());
         let ledger = Ledger {
+            recorder: batch::spawn(pool.clone(), backend, events_written.clone()),
             pool,
             backend,
             url: shown,
             claims: config.claims.clone(),
             entitlements: config.entitlements.clone(),
-            events_written: Arc::new(Notify::new()),
+            events_written,
             final_state_freshness: config.final_state_freshness,
         };
         if migrate {
@@ -367,9 +373,11 @@ impl Ledger {
         &self.url
     }
 
-    /// Records a Verify's decision and applies the app's claims policy, in
-    /// one transaction: with two replicas racing to claim one purchase for
-    /// two users, exactly one of them becomes its owner.
+    /// Records a Verify's decision and applies the app's claims policy. The
+    /// ledger's one writer commits it with the Verifies that arrive beside it
+    /// (`batch.rs`) and answers once it is durable: with two replicas racing
+    /// to claim one purchase for two users, exactly one of them becomes its
+    /// owner.
     pub async fn record(&self, observation: &Observation<'_>) -> Result<Recorded, LedgerError> {
         let proof_hash = &observation.proof_hash.0;
         let store_key = observation
@@ -378,144 +386,37 @@ impl Ledger {
                 [&purchase.transaction_id, &purchase.order_id].into_iter().find(|id| !id.is_empty()).cloned()
             })
             .unwrap_or_else(|| format!("proof:{proof_hash}"));
-        let purchase_id = purchase_id(observation.store, observation.app_id, &store_key);
-        let now = now_ms();
-        let verdict = observation.verdict.as_str_name();
-        let purchase = observation.purchase.cloned().unwrap_or_default();
-        let state = purchase.state().as_str_name();
-
-        let mut tx = self.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO purchases (purchase_id, store, app_id, product_id, store_key, proof_hash, owner_user_id, \
-             verdict, state, environment, kind, first_seen_ms, last_seen_ms, raw_store_response) \
-             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9, $10, $11, $11, $12) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&purchase_id)
-        .bind(observation.store)
-        .bind(observation.app_id)
-        .bind(observation.product_id)
-        .bind(&store_key)
-        .bind(proof_hash)
-        .bind(verdict)
-        .bind(state)
-        .bind(purchase.environment().as_str_name())
-        .bind(purchase.kind().as_str_name())
-        .bind(now)
-        .bind(&purchase.raw_store_response)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        // (No conflict target: the row has two unique keys, its id and what
-        // the id is a hash of, and PostgreSQL treats a race on a key that is
-        // not the named target as an error.)
-        // Locks the row (PostgreSQL) for the rest of the transaction, and
-        // reads what it was before this Verify.
-        let expiry_ms =
-            purchase.expiry_time.as_ref().map(|time| time.seconds * 1000 + i64::from(time.nanos) / 1_000_000);
-        let row = sqlx::query(
-            "UPDATE purchases SET last_seen_ms = $2, expiry_ms = $3 WHERE purchase_id = $1 \
-             RETURNING first_seen_ms, owner_user_id, verdict, state",
-        )
-        .bind(&purchase_id)
-        .bind(now)
-        .bind(expiry_ms)
-        .fetch_one(&mut *tx)
-        .await?;
-        let first_seen_ms: i64 = row.try_get("first_seen_ms")?;
-        let owner: Option<String> = row.try_get("owner_user_id")?;
-        let verdict_before: String = row.try_get("verdict")?;
-        let state_before: String = row.try_get("state")?;
-
-        let mut events: Vec<(&str, String)> = Vec::new();
-        if observation.from_store {
-            let described = observation.purchase.map(|purchase| {
-                let without_raw = pb::Purchase { raw_store_response: String::new(), ..purchase.clone() };
-                hex(&prost::Message::encode_to_vec(&without_raw))
-            });
-            sqlx::query("UPDATE purchases SET store_checked_ms = $2, last_purchase = $3 WHERE purchase_id = $1")
-                .bind(&purchase_id)
-                .bind(now)
-                .bind(described)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if inserted {
-            self.history(&mut tx, &purchase_id, now, "recorded", format!("verdict {verdict}, state {state}")).await?;
-        } else if verdict_before != verdict || state_before != state {
-            sqlx::query(
-                "UPDATE purchases SET verdict = $2, state = $3, raw_store_response = $4 WHERE purchase_id = $1",
-            )
-            .bind(&purchase_id)
-            .bind(verdict)
-            .bind(state)
-            .bind(&purchase.raw_store_response)
-            .execute(&mut *tx)
-            .await?;
-            let change = format!("verdict {verdict_before} -> {verdict}, state {state_before} -> {state}");
-            self.history(&mut tx, &purchase_id, now, "state_changed", change.clone()).await?;
-            events.push(("state_changed", change));
-        }
-
-        let user = observation.user_id;
-        let claimable = matches!(observation.verdict, pb::Verdict::Valid | pb::Verdict::Pending);
-        let claim = if !claimable {
-            Claim::NotClaimable
-        } else if user.is_empty() {
-            Claim::NoUser
-        } else {
-            match owner.as_deref() {
-                None => {
-                    self.set_owner(&mut tx, &purchase_id, user).await?;
-                    self.history(&mut tx, &purchase_id, now, "claimed", format!("by {user}")).await?;
-                    events.push(("claimed", String::new()));
-                    Claim::New
-                }
-                Some(owner) if owner == user => Claim::Owner,
-                Some(owner) => {
-                    let shared = sqlx::query("SELECT 1 FROM purchase_shares WHERE purchase_id = $1 AND user_id = $2")
-                        .bind(&purchase_id)
-                        .bind(user)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                        .is_some();
-                    match (shared, self.policy(observation.app_id)) {
-                        (true, _) => Claim::Shared,
-                        (false, ClaimPolicy::Reject) => Claim::ClaimedByOther,
-                        (false, ClaimPolicy::Transfer) => {
-                            self.set_owner(&mut tx, &purchase_id, user).await?;
-                            let detail = format!("from {owner} to {user}");
-                            self.history(&mut tx, &purchase_id, now, "transferred", detail).await?;
-                            events.push(("transferred", String::new()));
-                            Claim::Transferred
-                        }
-                        (false, ClaimPolicy::Share) => {
-                            sqlx::query(
-                                "INSERT INTO purchase_shares (purchase_id, user_id, since_ms) VALUES ($1, $2, $3)",
-                            )
-                            .bind(&purchase_id)
-                            .bind(user)
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await?;
-                            self.history(&mut tx, &purchase_id, now, "shared", format!("with {user}")).await?;
-                            events.push(("shared", String::new()));
-                            Claim::Shared
-                        }
-                    }
-                }
-            }
+        let purchase = observation.purchase;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = batch::Pending {
+            purchase_id: purchase_id(observation.store, observation.app_id, &store_key),
+            store: observation.store.to_owned(),
+            app_id: observation.app_id.to_owned(),
+            product_id: observation.product_id.to_owned(),
+            store_key,
+            proof_hash: proof_hash.clone(),
+            user_id: observation.user_id.to_owned(),
+            verdict: observation.verdict.as_str_name(),
+            state: purchase.map_or(pb::PurchaseState::Unspecified, pb::Purchase::state).as_str_name(),
+            environment: purchase.map_or(pb::Environment::Unspecified, pb::Purchase::environment).as_str_name(),
+            kind: purchase.map_or(pb::ProductKind::Unspecified, pb::Purchase::kind).as_str_name(),
+            claimable: matches!(observation.verdict, pb::Verdict::Valid | pb::Verdict::Pending),
+            expiry_ms: purchase
+                .and_then(|purchase| purchase.expiry_time.as_ref())
+                .map(|time| time.seconds * 1000 + i64::from(time.nanos) / 1_000_000),
+            checked: observation.from_store.then(|| {
+                observation.purchase.map(|purchase| {
+                    let without_raw = pb::Purchase { raw_store_response: String::new(), ..purchase.clone() };
+                    hex(&prost::Message::encode_to_vec(&without_raw))
+                })
+            }),
+            raw_store_response: purchase.map(|purchase| purchase.raw_store_response.clone()).unwrap_or_default(),
+            policy: self.policy(observation.app_id),
+            reply,
         };
-        let wrote_events = !events.is_empty();
-        for (kind, detail) in events {
-            self.event(&mut tx, now, observation.app_id, user, kind, &purchase_id, detail).await?;
-        }
-        tx.commit().await?;
-        if wrote_events {
-            self.events_written.notify_waiters();
-        }
-        Ok(Recorded { purchase_id, first_seen_ms, seen_before: !inserted, claim })
+        let gone = || LedgerError::Unavailable("the ledger's writer has stopped".to_owned());
+        self.recorder.send(pending).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// Starts the grant of a purchase to a user, or finds the one started
@@ -833,30 +734,12 @@ impl Ledger {
         self.events_written.clone()
     }
 
-    /// A write transaction. SQLite takes its write lock at the start, so
-    /// that two writers queue on the busy timeout instead of one failing at
-    /// its upgrade.
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, LedgerError> {
-        let begin = if self.backend == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
-        Ok(self.pool.begin_with(begin).await?)
+        Ok(begin(&self.pool, self.backend).await?)
     }
 
     fn policy(&self, app_id: &str) -> ClaimPolicy {
         self.claims.get(app_id).copied().unwrap_or_default()
-    }
-
-    async fn set_owner(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        purchase_id: &str,
-        user: &str,
-    ) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE purchases SET owner_user_id = $2 WHERE purchase_id = $1")
-            .bind(purchase_id)
-            .bind(user)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
     }
 
     async fn history(
@@ -913,6 +796,13 @@ impl Ledger {
         .await?;
         Ok(())
     }
+}
+
+/// A write transaction. SQLite takes its write lock at the start, so that
+/// two writers queue on the busy timeout instead of one failing at its
+/// upgrade.
+async fn begin(pool: &AnyPool, backend: Backend) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    pool.begin_with(if backend == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" }).await
 }
 
 /// The URL to connect to, and which database it is.

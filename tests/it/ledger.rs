@@ -168,6 +168,95 @@ async fn the_transfer_and_share_policies_apply_per_app() {
     }
 }
 
+/// Verifies that arrive together are committed together: one purchase
+/// verified at once for many users must be decided as if one after another.
+#[tokio::test]
+async fn verifies_of_one_purchase_committed_together_are_decided_one_after_another() {
+    const USERS: usize = 48;
+    for db in Db::both() {
+        let db_name = db.name();
+        let sandbox = Sandbox::new();
+        sandbox.add_plugin(&built_plugin("iapd-plugin-sandbox"), "libiapd_plugin_sandbox.so");
+        let share_app = format!("com.example.{}", unique("share").replace('-', "_"));
+        let config = sandbox.write_config(&format!(
+            "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n\n[ledger]\napps = {{ \"{share_app}\" = {{ claims = \"share\" }} }}\n"
+        ));
+        let server = db.start_with(Some(&config), &[]);
+        let client = server.client().await;
+        for (app, policy) in [("com.example.game", "reject"), (share_app.as_str(), "share")] {
+            let token = unique("purchased");
+            let mut watcher = client.clone();
+            let mut events = watcher
+                .watch_events(pb::WatchEventsRequest { app_id: app.into(), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
+            let calls: Vec<_> = (0..USERS)
+                .map(|index| {
+                    let (mut client, request) = (client.clone(), verify_for(app, &token, &format!("user-{index}")));
+                    tokio::spawn(async move { client.verify(request).await.unwrap().into_inner() })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for call in calls {
+                answers.push(call.await.unwrap());
+            }
+            let claims: Vec<Claim> = answers.iter().map(|answer| ledger_of(answer).claim()).collect();
+            let count = |claim: Claim| claims.iter().filter(|&&each| each == claim).count();
+            assert_eq!(count(Claim::New), 1, "{db_name} {policy}: one owner: {claims:?}");
+            assert_eq!(answers.iter().filter(|answer| !ledger_of(answer).seen_before).count(), 1, "{db_name} {policy}");
+            let ids: std::collections::HashSet<&str> =
+                answers.iter().map(|answer| ledger_of(answer).purchase_id.as_str()).collect();
+            assert_eq!(ids.len(), 1, "{db_name} {policy}: one purchase");
+            let (others, other_verdict, other_event) = match policy {
+                "reject" => (count(Claim::OtherUser), Verdict::ClaimedByOtherUser, None),
+                _ => (count(Claim::Shared), Verdict::Valid, Some("shared")),
+            };
+            assert_eq!(others, USERS - 1, "{db_name} {policy}: {claims:?}");
+            let verdicts = answers.iter().filter(|answer| answer.verdict() == other_verdict).count();
+            assert_eq!(verdicts, if policy == "reject" { USERS - 1 } else { USERS }, "{db_name} {policy}");
+            // The events say the same, each once, numbered in order.
+            let expected = 1 + other_event.map_or(0, |_| USERS - 1);
+            let mut seen = Vec::new();
+            while seen.len() < expected {
+                let next = tokio::time::timeout(Duration::from_secs(10), events.message()).await.expect("in time");
+                seen.push(next.unwrap().unwrap().event.unwrap());
+            }
+            assert!(seen.windows(2).all(|pair| pair[0].sequence < pair[1].sequence), "{db_name} {policy}");
+            assert_eq!(seen[0].kind, "claimed", "{db_name} {policy}");
+            assert!(seen[1..].iter().all(|event| Some(event.kind.as_str()) == other_event), "{db_name} {policy}");
+            let mut users: Vec<&str> = seen.iter().map(|event| event.user_id.as_str()).collect();
+            users.sort();
+            users.dedup();
+            assert_eq!(users.len(), expected, "{db_name} {policy}: each user's event once");
+            // And every user the purchase is shared with holds it.
+            if policy == "share" {
+                for index in 0..USERS {
+                    let mut client = client.clone();
+                    let held = client
+                        .list_purchases(pb::ListPurchasesRequest {
+                            app_id: app.into(),
+                            user_id: format!("user-{index}"),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert_eq!(held.purchases.len(), 1, "{db_name}: user-{index} holds it");
+                }
+            }
+        }
+        // (Which is what this test is about only if they were.)
+        let logs = server.logs();
+        let batched = logs
+            .lines()
+            .filter(|line| line.contains("recording a batch"))
+            .filter_map(|line| line.split("verifies=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok())
+            .any(|verifies| verifies > 1);
+        assert!(batched, "{db_name}: no batch held two verifies:\n{logs}");
+    }
+}
+
 #[tokio::test]
 async fn every_answered_verify_is_in_the_ledger_after_kill_9() {
     for db in Db::both() {
