@@ -55,6 +55,7 @@ struct RawLedger {
     max_connections: u32,
     migrate_on_start: bool,
     final_state_freshness_ms: u64,
+    acknowledgement_window_ms: u64,
     apps: BTreeMap<String, RawLedgerApp>,
 }
 
@@ -67,6 +68,8 @@ impl Default for RawLedger {
             max_connections: 16,
             migrate_on_start: true,
             final_state_freshness_ms: 86_400_000,
+            // Google Play refunds a purchase not acknowledged within 3 days.
+            acknowledgement_window_ms: 3 * 86_400_000,
             apps: BTreeMap::new(),
         }
     }
@@ -79,6 +82,38 @@ struct RawLedgerApp {
     claims: ClaimPolicy,
     #[serde(default)]
     entitlements: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    acknowledge: AcknowledgeMode,
+    /// How long before the deadline `before_deadline` acknowledges.
+    #[serde(default = "default_acknowledge_margin_ms")]
+    acknowledge_margin_ms: u64,
+}
+
+fn default_acknowledge_margin_ms() -> u64 {
+    86_400_000
+}
+
+/// Who acknowledges an app's purchases at their store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AcknowledgeMode {
+    /// The backend, through Acknowledge or Consume (the default).
+    #[default]
+    Manual,
+    /// iapd, right after a valid Verify.
+    AfterVerify,
+    /// iapd, `acknowledge_margin_ms` before the deadline, unless the backend
+    /// did it first.
+    BeforeDeadline,
+}
+
+/// An app's acknowledgement policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcknowledgePolicy {
+    /// Who acknowledges.
+    pub mode: AcknowledgeMode,
+    /// For `BeforeDeadline`: how long before the deadline.
+    pub margin: Duration,
 }
 
 /// What a Verify by another user does to a purchase someone owns.
@@ -110,6 +145,11 @@ pub struct LedgerConfig {
     pub final_state_freshness: Duration,
     /// The claims policy per app id.
     pub claims: BTreeMap<String, ClaimPolicy>,
+    /// How long after a purchase a store's acknowledgement is due, for the
+    /// purchases a store reports not acknowledged.
+    pub acknowledgement_window: Duration,
+    /// The acknowledgement policy per app id; `Manual` when absent.
+    pub acknowledge: BTreeMap<String, AcknowledgePolicy>,
     /// Per app id, each entitlement's name and the products that grant it:
     /// exact product ids, or a prefix ending in `*`.
     pub entitlements: BTreeMap<String, BTreeMap<String, Vec<String>>>,
@@ -571,6 +611,26 @@ fn validate_entitlements(
     Ok(all)
 }
 
+fn validate_acknowledge(
+    apps: &BTreeMap<String, RawLedgerApp>,
+    window_ms: u64,
+) -> Result<BTreeMap<String, AcknowledgePolicy>, ConfigError> {
+    let mut policies = BTreeMap::new();
+    for (app, settings) in apps {
+        if settings.acknowledge_margin_ms >= window_ms {
+            return Err(ConfigError::new(
+                format!("ledger.apps.{app}.acknowledge_margin_ms"),
+                format!("must be below ledger.acknowledgement_window_ms ({window_ms})"),
+            ));
+        }
+        if settings.acknowledge != AcknowledgeMode::Manual {
+            let margin = Duration::from_millis(settings.acknowledge_margin_ms);
+            policies.insert(app.clone(), AcknowledgePolicy { mode: settings.acknowledge, margin });
+        }
+    }
+    Ok(policies)
+}
+
 fn validate_ledger(raw: RawLedger) -> Result<Option<LedgerConfig>, ConfigError> {
     if !raw.enabled {
         return Ok(None);
@@ -590,6 +650,8 @@ fn validate_ledger(raw: RawLedger) -> Result<Option<LedgerConfig>, ConfigError> 
         migrate_on_start: raw.migrate_on_start,
         final_state_freshness: Duration::from_millis(raw.final_state_freshness_ms),
         claims: raw.apps.iter().map(|(app, settings)| (app.clone(), settings.claims)).collect(),
+        acknowledgement_window: Duration::from_millis(raw.acknowledgement_window_ms),
+        acknowledge: validate_acknowledge(&raw.apps, raw.acknowledgement_window_ms)?,
         entitlements: validate_entitlements(raw.apps)?,
     }))
 }

@@ -221,6 +221,7 @@ impl From<ApiError> for Status {
                     GrantRefusal::NotOwner => (Code::PermissionDenied, "NOT_PURCHASE_OWNER"),
                     GrantRefusal::NotGrantable(_) => (Code::FailedPrecondition, "PURCHASE_NOT_GRANTABLE"),
                     GrantRefusal::ConsumedWithoutGrant => (Code::FailedPrecondition, "CONSUMED_WITHOUT_GRANT"),
+                    GrantRefusal::RevokedGrant(_) => (Code::FailedPrecondition, "GRANT_REVOKED"),
                 };
                 let details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
                 Status::with_error_details(code, refusal.to_string(), details)

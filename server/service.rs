@@ -104,7 +104,7 @@ impl PurchaseApi {
             source: pb::AnswerSource::Ledger.into(),
             store_checked_time: convert::timestamp(found.store_checked_ms),
         };
-        self.record(request, Some(proof_hash), &mut answer, deadline, false).await?;
+        self.record(request, Some(proof_hash), None, &mut answer, deadline, false).await?;
         Ok(Some(answer))
     }
 
@@ -114,6 +114,7 @@ impl PurchaseApi {
         &self,
         request: &pb::VerifyRequest,
         proof_hash: Option<&ledger::ProofHash>,
+        proof: Option<&pb::PurchaseProof>,
         answer: &mut pb::VerifyResponse,
         deadline: Instant,
         from_store: bool,
@@ -128,6 +129,7 @@ impl PurchaseApi {
             verdict: answer.verdict(),
             purchase: answer.purchase.as_ref(),
             from_store,
+            proof,
         };
         let recorded = self.within(deadline, ledger.record(&observation)).await?;
         if recorded.claim == ledger::Claim::ClaimedByOther {
@@ -191,6 +193,11 @@ impl PurchaseService for PurchaseApi {
         if let Some(answer) = self.answer_from_ledger(&request, proof_hash.as_ref(), deadline).await? {
             return Ok(Response::new(answer));
         }
+        // Kept only where iapd acknowledges the app's purchases itself.
+        let kept_proof = match &self.ledger {
+            Some(ledger) if ledger.acknowledges(&request.app_id) => request.proof.clone(),
+            _ => None,
+        };
         let plugin_request = plugin::VerifyRequest {
             app_id: request.app_id.clone(),
             product_id: request.product_id.clone(),
@@ -202,7 +209,7 @@ impl PurchaseService for PurchaseApi {
         let mut answer = convert::verify_response(answer, &origin);
         answer.set_source(pb::AnswerSource::Store);
         answer.store_checked_time = convert::timestamp(ledger::now_ms());
-        self.record(&request, proof_hash.as_ref(), &mut answer, deadline, true).await?;
+        self.record(&request, proof_hash.as_ref(), kept_proof.as_ref(), &mut answer, deadline, true).await?;
         Ok(Response::new(answer))
     }
 
@@ -298,6 +305,7 @@ impl PurchaseService for PurchaseApi {
             ledger::GrantState::Started => pb::GrantState::Started,
             ledger::GrantState::Pending => pb::GrantState::Pending,
             ledger::GrantState::Confirmed => pb::GrantState::Confirmed,
+            ledger::GrantState::Revoked => pb::GrantState::Revoked,
         };
         Ok(Response::new(pb::GrantResponse {
             grant_id: grant.grant_id,

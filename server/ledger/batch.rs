@@ -52,8 +52,22 @@ pub(super) struct Pending {
     /// `None` when the answer came from the ledger.
     pub(super) checked: Option<Option<String>>,
     pub(super) raw_store_response: String,
+    /// When the store says the purchase awaits an acknowledgement: by when.
+    pub(super) ack_due_ms: Option<i64>,
+    /// Set when the app has iapd acknowledge its purchases.
+    pub(super) acknowledge: Option<AutoAcknowledge>,
     pub(super) policy: ClaimPolicy,
     pub(super) reply: oneshot::Sender<Result<Recorded, LedgerError>>,
+}
+
+/// What iapd needs to acknowledge a purchase itself.
+#[derive(Debug)]
+pub(super) struct AutoAcknowledge {
+    /// The proof, as protobuf in hex: the store needs it, so it is kept
+    /// until the acknowledgement is recorded.
+    pub(super) proof: String,
+    /// When to try first.
+    pub(super) next_attempt_ms: i64,
 }
 
 /// Starts the writer of `pool`; it stops when the last sender is dropped.
@@ -147,52 +161,63 @@ impl From<LedgerError> for Failed {
 
 /// The statements of a batch, in each database's dialect: SQLite reads the
 /// JSON parameter with `json_each`, PostgreSQL with `json_to_recordset`.
+/// Every row is found by its key (an upsert, or a key lookup), never by a
+/// join the planner could turn into a scan of a growing table.
 struct Statements {
-    insert_purchases: &'static str,
-    read_purchases: &'static str,
+    /// PostgreSQL: inserts the purchases not there yet and locks the others
+    /// (an upsert that changes nothing), in id order, returning each row as
+    /// it stands. SQLite, whose transaction holds the one write lock from its
+    /// start: reads them.
+    take_purchases: &'static str,
     read_shares: &'static str,
-    update_purchases: &'static str,
+    /// Writes every purchase of the batch as the batch left it.
+    write_purchases: &'static str,
     insert_history: &'static str,
     insert_shares: &'static str,
+    revoke_grants: &'static str,
+    track_acknowledgements: &'static str,
     insert_events: &'static str,
 }
 
 const SQLITE: Statements = Statements {
+    take_purchases: "SELECT purchase_id, first_seen_ms, owner_user_id, verdict, state, history_count, \
+        acknowledged_ms, consumed_ms, 0 AS inserted FROM purchases WHERE purchase_id IN (SELECT value FROM json_each($1))",
+    read_shares: "SELECT s.purchase_id, s.user_id FROM json_each($1) AS x JOIN purchase_shares AS s \
+        ON s.purchase_id = json_extract(x.value, '$[0]') AND s.user_id = json_extract(x.value, '$[1]')",
     // (SQLite needs the WHERE to tell the upsert's ON from a join's.)
-    insert_purchases: "INSERT INTO purchases (purchase_id, store, app_id, product_id, store_key, proof_hash, \
-        owner_user_id, verdict, state, environment, kind, first_seen_ms, last_seen_ms, raw_store_response) \
+    write_purchases: "INSERT INTO purchases (purchase_id, store, app_id, product_id, store_key, proof_hash, \
+        owner_user_id, verdict, state, environment, kind, first_seen_ms, last_seen_ms, raw_store_response, expiry_ms, \
+        store_checked_ms, last_purchase, history_count, ack_due_ms) \
         SELECT json_extract(value, '$.purchase_id'), json_extract(value, '$.store'), json_extract(value, '$.app_id'), \
         json_extract(value, '$.product_id'), json_extract(value, '$.store_key'), json_extract(value, '$.proof_hash'), \
-        NULL, json_extract(value, '$.verdict'), json_extract(value, '$.state'), json_extract(value, '$.environment'), \
-        json_extract(value, '$.kind'), $2, $2, json_extract(value, '$.raw_store_response') \
-        FROM json_each($1) WHERE true ON CONFLICT DO NOTHING RETURNING purchase_id",
-    read_purchases: "SELECT purchase_id, first_seen_ms, owner_user_id, verdict, state FROM purchases \
-        WHERE purchase_id IN (SELECT value FROM json_each($1))",
-    read_shares: "SELECT s.purchase_id, s.user_id FROM purchase_shares AS s JOIN \
-        (SELECT json_extract(value, '$[0]') AS purchase_id, json_extract(value, '$[1]') AS user_id FROM json_each($1)) \
-        AS x ON s.purchase_id = x.purchase_id AND s.user_id = x.user_id",
-    update_purchases: "UPDATE purchases SET last_seen_ms = x.last_seen_ms, expiry_ms = x.expiry_ms, \
-        owner_user_id = x.owner_user_id, verdict = x.verdict, state = x.state, \
-        store_checked_ms = CASE WHEN x.checked THEN x.last_seen_ms ELSE purchases.store_checked_ms END, \
-        last_purchase = CASE WHEN x.checked THEN x.last_purchase ELSE purchases.last_purchase END, \
-        raw_store_response = CASE WHEN x.checked THEN x.raw_store_response ELSE purchases.raw_store_response END \
-        FROM (SELECT json_extract(value, '$.purchase_id') AS purchase_id, json_extract(value, '$.last_seen_ms') \
-        AS last_seen_ms, json_extract(value, '$.expiry_ms') AS expiry_ms, json_extract(value, '$.owner_user_id') \
-        AS owner_user_id, json_extract(value, '$.verdict') AS verdict, json_extract(value, '$.state') AS state, \
-        json_extract(value, '$.checked') AS checked, json_extract(value, '$.last_purchase') AS last_purchase, \
-        json_extract(value, '$.raw_store_response') AS raw_store_response FROM json_each($1)) AS x \
-        WHERE purchases.purchase_id = x.purchase_id",
-    // A purchase's history numbers go on from its highest, read in the same
-    // statement (which sees the table as it was before it), plus the entry's
-    // place among this batch's entries of that purchase.
+        json_extract(value, '$.owner_user_id'), json_extract(value, '$.verdict'), json_extract(value, '$.state'), \
+        json_extract(value, '$.environment'), json_extract(value, '$.kind'), $2, $2, \
+        json_extract(value, '$.raw_store_response'), json_extract(value, '$.expiry_ms'), \
+        json_extract(value, '$.store_checked_ms'), json_extract(value, '$.last_purchase'), \
+        json_extract(value, '$.history_count'), json_extract(value, '$.ack_due_ms') FROM json_each($1) WHERE true \
+        ON CONFLICT (purchase_id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms, expiry_ms = excluded.expiry_ms, \
+        owner_user_id = excluded.owner_user_id, verdict = excluded.verdict, state = excluded.state, \
+        history_count = excluded.history_count, \
+        store_checked_ms = COALESCE(excluded.store_checked_ms, purchases.store_checked_ms), \
+        last_purchase = CASE WHEN excluded.store_checked_ms IS NULL THEN purchases.last_purchase \
+        ELSE excluded.last_purchase END, \
+        raw_store_response = CASE WHEN excluded.store_checked_ms IS NULL THEN purchases.raw_store_response \
+        ELSE excluded.raw_store_response END, \
+        ack_due_ms = CASE WHEN excluded.store_checked_ms IS NULL THEN purchases.ack_due_ms \
+        ELSE excluded.ack_due_ms END",
     insert_history: "INSERT INTO purchase_history (purchase_id, seq, at_ms, change, detail) \
-        SELECT x.purchase_id, COALESCE((SELECT MAX(h.seq) FROM purchase_history AS h \
-        WHERE h.purchase_id = x.purchase_id), 0) + x.nth, $2, x.change, x.detail \
-        FROM (SELECT json_extract(value, '$.purchase_id') AS purchase_id, json_extract(value, '$.nth') AS nth, \
-        json_extract(value, '$.change') AS change, json_extract(value, '$.detail') AS detail FROM json_each($1)) AS x",
+        SELECT json_extract(value, '$.purchase_id'), json_extract(value, '$.seq'), $2, json_extract(value, '$.change'), \
+        json_extract(value, '$.detail') FROM json_each($1)",
     insert_shares: "INSERT INTO purchase_shares (purchase_id, user_id, since_ms) \
         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), $2 FROM json_each($1) WHERE true \
         ON CONFLICT DO NOTHING",
+    revoke_grants: "UPDATE grants SET revoked_ms = $2 WHERE revoked_ms IS NULL \
+        AND purchase_id IN (SELECT value FROM json_each($1)) RETURNING grant_id, purchase_id, user_id",
+    track_acknowledgements: "INSERT INTO pending_acknowledgements (purchase_id, store, app_id, product_id, proof, \
+        deadline_ms, next_attempt_ms, attempts, lease_until_ms, last_error) \
+        SELECT json_extract(value, '$.purchase_id'), json_extract(value, '$.store'), json_extract(value, '$.app_id'), \
+        json_extract(value, '$.product_id'), json_extract(value, '$.proof'), json_extract(value, '$.deadline_ms'), \
+        json_extract(value, '$.next_attempt_ms'), 0, 0, '' FROM json_each($1) WHERE true ON CONFLICT DO NOTHING",
     insert_events: "INSERT INTO ledger_events (seq, at_ms, app_id, user_id, kind, purchase_id, detail) \
         SELECT json_extract(value, '$.seq'), $2, json_extract(value, '$.app_id'), json_extract(value, '$.user_id'), \
         json_extract(value, '$.kind'), json_extract(value, '$.purchase_id'), json_extract(value, '$.detail') \
@@ -201,33 +226,48 @@ const SQLITE: Statements = Statements {
 
 const POSTGRES: Statements = Statements {
     // In id order, as every batch takes its rows, so that two replicas'
-    // batches lock what they share in the same order.
-    insert_purchases: "INSERT INTO purchases (purchase_id, store, app_id, product_id, store_key, proof_hash, \
+    // batches lock what they share in the same order. `xmax = 0` marks the
+    // rows this statement inserted.
+    take_purchases: "INSERT INTO purchases AS p (purchase_id, store, app_id, product_id, store_key, proof_hash, \
         owner_user_id, verdict, state, environment, kind, first_seen_ms, last_seen_ms, raw_store_response) \
         SELECT x.purchase_id, x.store, x.app_id, x.product_id, x.store_key, x.proof_hash, NULL, x.verdict, x.state, \
-        x.environment, x.kind, $2, $2, x.raw_store_response FROM json_to_recordset($1::json) AS x(purchase_id text, \
-        store text, app_id text, product_id text, store_key text, proof_hash text, verdict text, state text, \
-        environment text, kind text, raw_store_response text) ORDER BY x.purchase_id \
-        ON CONFLICT DO NOTHING RETURNING purchase_id",
-    read_purchases: "SELECT purchase_id, first_seen_ms, owner_user_id, verdict, state FROM purchases \
-        WHERE purchase_id IN (SELECT json_array_elements_text($1::json)) ORDER BY purchase_id FOR UPDATE",
-    read_shares: "SELECT s.purchase_id, s.user_id FROM purchase_shares AS s JOIN \
-        (SELECT value->>0 AS purchase_id, value->>1 AS user_id FROM json_array_elements($1::json)) AS x \
-        ON s.purchase_id = x.purchase_id AND s.user_id = x.user_id",
-    update_purchases: "UPDATE purchases AS p SET last_seen_ms = x.last_seen_ms, expiry_ms = x.expiry_ms, \
-        owner_user_id = x.owner_user_id, verdict = x.verdict, state = x.state, \
-        store_checked_ms = CASE WHEN x.checked THEN x.last_seen_ms ELSE p.store_checked_ms END, \
-        last_purchase = CASE WHEN x.checked THEN x.last_purchase ELSE p.last_purchase END, \
-        raw_store_response = CASE WHEN x.checked THEN x.raw_store_response ELSE p.raw_store_response END \
-        FROM json_to_recordset($1::json) AS x(purchase_id text, last_seen_ms bigint, expiry_ms bigint, \
-        owner_user_id text, verdict text, state text, checked boolean, last_purchase text, raw_store_response text) \
-        WHERE p.purchase_id = x.purchase_id",
+        x.environment, x.kind, $2, $2, '' FROM json_to_recordset($1::json) AS x(purchase_id text, store text, \
+        app_id text, product_id text, store_key text, proof_hash text, verdict text, state text, environment text, \
+        kind text) ORDER BY x.purchase_id \
+        ON CONFLICT (purchase_id) DO UPDATE SET last_seen_ms = p.last_seen_ms \
+        RETURNING purchase_id, first_seen_ms, owner_user_id, verdict, state, history_count, acknowledged_ms, \
+        consumed_ms, (xmax = 0) AS inserted",
+    read_shares: "SELECT s.purchase_id, s.user_id FROM json_array_elements($1::json) AS x \
+        JOIN purchase_shares AS s ON s.purchase_id = x.value->>0 AND s.user_id = x.value->>1",
+    write_purchases: "INSERT INTO purchases AS p (purchase_id, store, app_id, product_id, store_key, proof_hash, \
+        owner_user_id, verdict, state, environment, kind, first_seen_ms, last_seen_ms, raw_store_response, expiry_ms, \
+        store_checked_ms, last_purchase, history_count, ack_due_ms) \
+        SELECT x.purchase_id, x.store, x.app_id, x.product_id, x.store_key, x.proof_hash, x.owner_user_id, x.verdict, \
+        x.state, x.environment, x.kind, $2, $2, x.raw_store_response, x.expiry_ms, x.store_checked_ms, \
+        x.last_purchase, x.history_count, x.ack_due_ms FROM json_to_recordset($1::json) AS x(purchase_id text, \
+        store text, app_id text, product_id text, store_key text, proof_hash text, owner_user_id text, verdict text, \
+        state text, environment text, kind text, raw_store_response text, expiry_ms bigint, store_checked_ms bigint, \
+        last_purchase text, history_count bigint, ack_due_ms bigint) ORDER BY x.purchase_id \
+        ON CONFLICT (purchase_id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms, expiry_ms = excluded.expiry_ms, \
+        owner_user_id = excluded.owner_user_id, verdict = excluded.verdict, state = excluded.state, \
+        history_count = excluded.history_count, \
+        store_checked_ms = COALESCE(excluded.store_checked_ms, p.store_checked_ms), \
+        last_purchase = CASE WHEN excluded.store_checked_ms IS NULL THEN p.last_purchase ELSE excluded.last_purchase END, \
+        raw_store_response = CASE WHEN excluded.store_checked_ms IS NULL THEN p.raw_store_response \
+        ELSE excluded.raw_store_response END, \
+        ack_due_ms = CASE WHEN excluded.store_checked_ms IS NULL THEN p.ack_due_ms ELSE excluded.ack_due_ms END",
     insert_history: "INSERT INTO purchase_history (purchase_id, seq, at_ms, change, detail) \
-        SELECT x.purchase_id, COALESCE((SELECT MAX(h.seq) FROM purchase_history AS h \
-        WHERE h.purchase_id = x.purchase_id), 0) + x.nth, $2, x.change, x.detail \
-        FROM json_to_recordset($1::json) AS x(purchase_id text, nth bigint, change text, detail text)",
+        SELECT x.purchase_id, x.seq, $2, x.change, x.detail \
+        FROM json_to_recordset($1::json) AS x(purchase_id text, seq bigint, change text, detail text)",
     insert_shares: "INSERT INTO purchase_shares (purchase_id, user_id, since_ms) \
         SELECT value->>0, value->>1, $2 FROM json_array_elements($1::json) ON CONFLICT DO NOTHING",
+    revoke_grants: "UPDATE grants SET revoked_ms = $2 WHERE revoked_ms IS NULL \
+        AND purchase_id IN (SELECT json_array_elements_text($1::json)) RETURNING grant_id, purchase_id, user_id",
+    track_acknowledgements: "INSERT INTO pending_acknowledgements (purchase_id, store, app_id, product_id, proof, \
+        deadline_ms, next_attempt_ms, attempts, lease_until_ms, last_error) \
+        SELECT x.purchase_id, x.store, x.app_id, x.product_id, x.proof, x.deadline_ms, x.next_attempt_ms, 0, 0, '' \
+        FROM json_to_recordset($1::json) AS x(purchase_id text, store text, app_id text, product_id text, \
+        proof text, deadline_ms bigint, next_attempt_ms bigint) ON CONFLICT DO NOTHING",
     insert_events: "INSERT INTO ledger_events (seq, at_ms, app_id, user_id, kind, purchase_id, detail) \
         SELECT x.seq, $2, x.app_id, x.user_id, x.kind, x.purchase_id, x.detail \
         FROM json_to_recordset($1::json) AS x(seq bigint, app_id text, user_id text, kind text, \
@@ -246,28 +286,45 @@ struct NewPurchase<'a> {
     state: &'a str,
     environment: &'a str,
     kind: &'a str,
-    raw_store_response: &'a str,
 }
 
-/// A purchase's row after the batch.
+/// A purchase's row as the batch leaves it.
 #[derive(Serialize)]
 struct PurchaseRow<'a> {
     purchase_id: &'a str,
-    last_seen_ms: i64,
-    expiry_ms: Option<i64>,
+    store: &'a str,
+    app_id: &'a str,
+    product_id: &'a str,
+    store_key: &'a str,
+    proof_hash: &'a str,
     owner_user_id: Option<String>,
-    verdict: String,
-    state: String,
-    checked: bool,
+    verdict: &'a str,
+    state: &'a str,
+    environment: &'a str,
+    kind: &'a str,
+    expiry_ms: Option<i64>,
+    /// `None` keeps what the store said before (this batch's Verifies of it
+    /// were all answered from the ledger); the columns below go with it.
+    store_checked_ms: Option<i64>,
     last_purchase: Option<&'a str>,
     raw_store_response: &'a str,
+    ack_due_ms: Option<i64>,
+    history_count: i64,
 }
 
 #[derive(Serialize)]
 struct HistoryEntry<'a> {
     purchase_id: &'a str,
-    nth: i64,
+    seq: i64,
     change: &'static str,
+    detail: String,
+}
+
+struct NewEvent<'a> {
+    app_id: &'a str,
+    user_id: String,
+    kind: &'static str,
+    purchase_id: &'a str,
     detail: String,
 }
 
@@ -278,7 +335,18 @@ struct EventEntry<'a> {
     user_id: &'a str,
     kind: &'static str,
     purchase_id: &'a str,
-    detail: String,
+    detail: &'a str,
+}
+
+#[derive(Serialize)]
+struct TrackedAcknowledgement<'a> {
+    purchase_id: &'a str,
+    store: &'a str,
+    app_id: &'a str,
+    product_id: &'a str,
+    proof: &'a str,
+    deadline_ms: i64,
+    next_attempt_ms: i64,
 }
 
 /// A purchase as the batch's earlier Verifies left it.
@@ -290,14 +358,30 @@ struct Current<'a> {
     /// Whether a Verify before this one saw it: false for one this batch
     /// inserted, until its first Verify is decided.
     seen: bool,
-    row: Option<PurchaseRow<'a>>,
-    history: i64,
+    /// Whether iapd recorded an Acknowledge or Consume of it, after which no
+    /// acknowledgement is due whatever a store's stale answer says.
+    settled: bool,
+    history_count: i64,
+    /// The last Verify of it in this batch, and the last whose store answered.
+    last: Option<&'a Pending>,
+    last_checked: Option<&'a Pending>,
+}
+
+impl<'a> Current<'a> {
+    fn note(&mut self, history: &mut Vec<HistoryEntry<'a>>, id: &'a str, change: &'static str, detail: String) {
+        self.history_count += 1;
+        history.push(HistoryEntry { purchase_id: id, seq: self.history_count, change, detail });
+    }
 }
 
 fn json<T: Serialize>(value: &T) -> Result<String, Failed> {
     serde_json::to_string(value)
         .map_err(|err| Failed::Other(sqlx::Error::Protocol(format!("cannot encode a ledger batch: {err}"))))
 }
+
+const VALID: &str = "VERDICT_VALID";
+const REFUNDED: &str = "VERDICT_REFUNDED";
+const CANCELED: &str = "VERDICT_CANCELED";
 
 /// Records `batch` in one transaction: the Verifies' answers, in order, and
 /// whether it wrote events.
@@ -314,55 +398,80 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<(V
     for pending in batch {
         first.entry(&pending.purchase_id).or_insert(pending);
     }
-    let new: Vec<NewPurchase<'_>> = first
-        .values()
-        .map(|p| NewPurchase {
-            purchase_id: &p.purchase_id,
-            store: &p.store,
-            app_id: &p.app_id,
-            product_id: &p.product_id,
-            store_key: &p.store_key,
-            proof_hash: &p.proof_hash,
-            verdict: p.verdict,
-            state: p.state,
-            environment: p.environment,
-            kind: p.kind,
-            raw_store_response: &p.raw_store_response,
-        })
-        .collect();
-    let inserted: HashSet<String> = sqlx::query(sql.insert_purchases)
-        .bind(json(&new)?)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|row| row.try_get::<String, _>("purchase_id"))
-        .collect::<Result<_, _>>()?;
-    let ids: Vec<&str> = first.keys().copied().collect();
-    let mut current: HashMap<&str, Current<'_>> = HashMap::with_capacity(ids.len());
-    for row in sqlx::query(sql.read_purchases).bind(json(&ids)?).fetch_all(&mut *tx).await? {
+    let taken = match backend {
+        Backend::Sqlite => {
+            let ids: Vec<&str> = first.keys().copied().collect();
+            sqlx::query(sql.take_purchases).bind(json(&ids)?).fetch_all(&mut *tx).await?
+        }
+        Backend::Postgres => {
+            let new: Vec<NewPurchase<'_>> = first
+                .values()
+                .map(|p| NewPurchase {
+                    purchase_id: &p.purchase_id,
+                    store: &p.store,
+                    app_id: &p.app_id,
+                    product_id: &p.product_id,
+                    store_key: &p.store_key,
+                    proof_hash: &p.proof_hash,
+                    verdict: p.verdict,
+                    state: p.state,
+                    environment: p.environment,
+                    kind: p.kind,
+                })
+                .collect();
+            sqlx::query(sql.take_purchases).bind(json(&new)?).bind(now).fetch_all(&mut *tx).await?
+        }
+    };
+    let mut current: HashMap<&str, Current<'_>> = HashMap::with_capacity(first.len());
+    for row in taken {
         let purchase_id: String = row.try_get("purchase_id")?;
-        let Some((&id, _)) = first.get_key_value(purchase_id.as_str()) else { continue };
+        let Some((&id, &pending)) = first.get_key_value(purchase_id.as_str()) else { continue };
+        let inserted: bool = match backend {
+            Backend::Sqlite => false,
+            Backend::Postgres => row.try_get("inserted")?,
+        };
+        let (verdict, state): (String, String) = if inserted {
+            (pending.verdict.to_owned(), pending.state.to_owned())
+        } else {
+            (row.try_get("verdict")?, row.try_get("state")?)
+        };
         current.insert(
             id,
             Current {
                 first_seen_ms: row.try_get("first_seen_ms")?,
                 owner: row.try_get("owner_user_id")?,
-                verdict: row.try_get("verdict")?,
-                state: row.try_get("state")?,
-                seen: !inserted.contains(id),
-                row: None,
-                history: 0,
+                verdict,
+                state,
+                seen: !inserted,
+                settled: row.try_get::<Option<i64>, _>("acknowledged_ms")?.is_some()
+                    || row.try_get::<Option<i64>, _>("consumed_ms")?.is_some(),
+                history_count: row.try_get("history_count")?,
+                last: None,
+                last_checked: None,
             },
         );
+    }
+    // On SQLite, the purchases not there yet.
+    for (&id, pending) in &first {
+        current.entry(id).or_insert_with(|| Current {
+            first_seen_ms: now,
+            owner: None,
+            verdict: pending.verdict.to_owned(),
+            state: pending.state.to_owned(),
+            seen: false,
+            settled: false,
+            history_count: 0,
+            last: None,
+            last_checked: None,
+        });
     }
 
     // Whom the purchases others own are already shared with, for the users
     // of this batch.
     let asked: Vec<(&str, &str)> = batch
         .iter()
-        .filter(|p| p.claimable && !p.user_id.is_empty() && !inserted.contains(&p.purchase_id))
-        .filter(|p| current.get(p.purchase_id.as_str()).is_some_and(|c| c.owner.is_some()))
+        .filter(|p| p.claimable && !p.user_id.is_empty())
+        .filter(|p| current.get(p.purchase_id.as_str()).is_some_and(|c| c.seen && c.owner.is_some()))
         .map(|p| (p.purchase_id.as_str(), p.user_id.as_str()))
         .collect();
     let mut shares: HashSet<(String, String)> = HashSet::new();
@@ -374,31 +483,48 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<(V
 
     let mut recorded = Vec::with_capacity(batch.len());
     let mut history: Vec<HistoryEntry<'_>> = Vec::new();
-    let mut events: Vec<(&Pending, &'static str, String)> = Vec::new();
+    let mut events: Vec<NewEvent<'_>> = Vec::new();
     let mut new_shares: Vec<(&str, &str)> = Vec::new();
+    let mut refunded: Vec<&str> = Vec::new();
     for pending in batch {
         let id = pending.purchase_id.as_str();
         let Some(purchase) = current.get_mut(id) else {
             return Err(Failed::Other(sqlx::Error::RowNotFound));
         };
-        let mut note = |purchase: &mut Current<'_>, change: &'static str, detail: String| {
-            purchase.history += 1;
-            history.push(HistoryEntry { purchase_id: id, nth: purchase.history, change, detail });
+        let event = |kind: &'static str, detail: String| NewEvent {
+            app_id: &pending.app_id,
+            user_id: pending.user_id.clone(),
+            kind,
+            purchase_id: id,
+            detail,
         };
         let seen_before = purchase.seen;
         if !seen_before {
-            note(purchase, "recorded", format!("verdict {}, state {}", pending.verdict, pending.state));
+            let detail = format!("verdict {}, state {}", pending.verdict, pending.state);
+            purchase.note(&mut history, id, "recorded", detail);
         } else if purchase.verdict != pending.verdict || purchase.state != pending.state {
             let change = format!(
                 "verdict {} -> {}, state {} -> {}",
                 purchase.verdict, pending.verdict, purchase.state, pending.state
             );
-            note(purchase, "state_changed", change.clone());
-            events.push((pending, "state_changed", change));
+            // A purchase that was valid and is refunded or canceled now loses
+            // what it granted.
+            let taken_back = purchase.verdict == VALID && matches!(pending.verdict, REFUNDED | CANCELED);
+            if taken_back && !refunded.contains(&id) {
+                refunded.push(id);
+            }
+            let kind =
+                if pending.verdict == REFUNDED && purchase.verdict != REFUNDED { "refunded" } else { "state_changed" };
+            purchase.note(&mut history, id, kind, change.clone());
+            events.push(event(kind, change));
         }
         purchase.seen = true;
         purchase.verdict = pending.verdict.to_owned();
         purchase.state = pending.state.to_owned();
+        purchase.last = Some(pending);
+        if pending.checked.is_some() {
+            purchase.last_checked = Some(pending);
+        }
 
         let user = pending.user_id.as_str();
         let claim = if !pending.claimable {
@@ -409,8 +535,8 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<(V
             match purchase.owner.clone() {
                 None => {
                     purchase.owner = Some(user.to_owned());
-                    note(purchase, "claimed", format!("by {user}"));
-                    events.push((pending, "claimed", String::new()));
+                    purchase.note(&mut history, id, "claimed", format!("by {user}"));
+                    events.push(event("claimed", String::new()));
                     Claim::New
                 }
                 Some(owner) if owner == user => Claim::Owner,
@@ -421,43 +547,21 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<(V
                         (false, ClaimPolicy::Reject) => Claim::ClaimedByOther,
                         (false, ClaimPolicy::Transfer) => {
                             purchase.owner = Some(user.to_owned());
-                            note(purchase, "transferred", format!("from {owner} to {user}"));
-                            events.push((pending, "transferred", String::new()));
+                            purchase.note(&mut history, id, "transferred", format!("from {owner} to {user}"));
+                            events.push(event("transferred", String::new()));
                             Claim::Transferred
                         }
                         (false, ClaimPolicy::Share) => {
                             shares.insert((id.to_owned(), user.to_owned()));
                             new_shares.push((id, user));
-                            note(purchase, "shared", format!("with {user}"));
-                            events.push((pending, "shared", String::new()));
+                            purchase.note(&mut history, id, "shared", format!("with {user}"));
+                            events.push(event("shared", String::new()));
                             Claim::Shared
                         }
                     }
                 }
             }
         };
-        let checked = pending.checked.is_some();
-        let keep = purchase.row.take().filter(|_| !checked);
-        purchase.row = Some(PurchaseRow {
-            purchase_id: id,
-            last_seen_ms: now,
-            expiry_ms: pending.expiry_ms,
-            owner_user_id: purchase.owner.clone(),
-            verdict: purchase.verdict.clone(),
-            state: purchase.state.clone(),
-            // A later Verify the ledger answered keeps an earlier one's store
-            // answer of this batch.
-            checked: checked || keep.as_ref().is_some_and(|row| row.checked),
-            last_purchase: match &pending.checked {
-                Some(described) => described.as_deref(),
-                None => keep.as_ref().and_then(|row| row.last_purchase),
-            },
-            raw_store_response: if checked {
-                &pending.raw_store_response
-            } else {
-                keep.as_ref().map_or("", |row| row.raw_store_response)
-            },
-        });
         recorded.push(Recorded {
             purchase_id: pending.purchase_id.clone(),
             first_seen_ms: purchase.first_seen_ms,
@@ -466,13 +570,72 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<(V
         });
     }
 
-    let rows: Vec<&PurchaseRow<'_>> = current.values().filter_map(|purchase| purchase.row.as_ref()).collect();
-    sqlx::query(sql.update_purchases).bind(json(&rows)?).execute(&mut *tx).await?;
+    if !refunded.is_empty() {
+        for row in sqlx::query(sql.revoke_grants).bind(json(&refunded)?).bind(now).fetch_all(&mut *tx).await? {
+            let grant_id: String = row.try_get("grant_id")?;
+            let purchase_id: String = row.try_get("purchase_id")?;
+            let user_id: String = row.try_get("user_id")?;
+            let Some((&id, &pending)) = first.get_key_value(purchase_id.as_str()) else { continue };
+            let Some(purchase) = current.get_mut(id) else { continue };
+            purchase.note(&mut history, id, "grant_revoked", format!("{grant_id} of {user_id}"));
+            // The grantee's event, so that a backend watching that user sees it.
+            events.push(NewEvent {
+                app_id: &pending.app_id,
+                user_id: user_id.into(),
+                kind: "grant_revoked",
+                purchase_id: id,
+                detail: grant_id,
+            });
+        }
+    }
+
+    let mut rows = Vec::with_capacity(current.len());
+    let mut acknowledgements = Vec::new();
+    for (&id, purchase) in &current {
+        let (Some(last), Some(&first)) = (purchase.last, first.get(id)) else { continue };
+        let checked = purchase.last_checked;
+        let ack_due_ms = checked.and_then(|pending| pending.ack_due_ms).filter(|_| !purchase.settled);
+        if let (Some(deadline_ms), Some(auto)) = (ack_due_ms, checked.and_then(|pending| pending.acknowledge.as_ref()))
+        {
+            acknowledgements.push(TrackedAcknowledgement {
+                purchase_id: id,
+                store: &first.store,
+                app_id: &first.app_id,
+                product_id: &first.product_id,
+                proof: &auto.proof,
+                deadline_ms,
+                next_attempt_ms: auto.next_attempt_ms.min(deadline_ms),
+            });
+        }
+        rows.push(PurchaseRow {
+            purchase_id: id,
+            store: &first.store,
+            app_id: &first.app_id,
+            product_id: &first.product_id,
+            store_key: &first.store_key,
+            proof_hash: &first.proof_hash,
+            owner_user_id: purchase.owner.clone(),
+            verdict: last.verdict,
+            state: last.state,
+            environment: first.environment,
+            kind: first.kind,
+            expiry_ms: last.expiry_ms,
+            store_checked_ms: checked.map(|_| now),
+            last_purchase: checked.and_then(|pending| pending.checked.as_ref()).and_then(Option::as_deref),
+            raw_store_response: checked.map_or("", |pending| &pending.raw_store_response),
+            ack_due_ms,
+            history_count: purchase.history_count,
+        });
+    }
+    sqlx::query(sql.write_purchases).bind(json(&rows)?).bind(now).execute(&mut *tx).await?;
     if !history.is_empty() {
         sqlx::query(sql.insert_history).bind(json(&history)?).bind(now).execute(&mut *tx).await?;
     }
     if !new_shares.is_empty() {
         sqlx::query(sql.insert_shares).bind(json(&new_shares)?).bind(now).execute(&mut *tx).await?;
+    }
+    if !acknowledgements.is_empty() {
+        sqlx::query(sql.track_acknowledgements).bind(json(&acknowledgements)?).execute(&mut *tx).await?;
     }
     let wrote_events = !events.is_empty();
     if wrote_events {
@@ -486,15 +649,15 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<(V
                 .await?
                 .try_get("value")?;
         let entries: Vec<EventEntry<'_>> = events
-            .into_iter()
+            .iter()
             .zip(last - count + 1..)
-            .map(|((pending, kind, detail), seq)| EventEntry {
+            .map(|(event, seq)| EventEntry {
                 seq,
-                app_id: &pending.app_id,
-                user_id: &pending.user_id,
-                kind,
-                purchase_id: &pending.purchase_id,
-                detail,
+                app_id: event.app_id,
+                user_id: &event.user_id,
+                kind: event.kind,
+                purchase_id: event.purchase_id,
+                detail: &event.detail,
             })
             .collect();
         sqlx::query(sql.insert_events).bind(json(&entries)?).bind(now).execute(&mut *tx).await?;

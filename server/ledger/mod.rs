@@ -18,7 +18,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 use tokio::sync::Notify;
 
-use crate::config::{ClaimPolicy, LedgerConfig};
+use crate::config::{AcknowledgeMode, AcknowledgePolicy, ClaimPolicy, LedgerConfig};
 use crate::pb;
 
 mod batch;
@@ -71,6 +71,10 @@ pub enum GrantRefusal {
     /// No such grant.
     #[error("no grant `{0}` is in the ledger")]
     UnknownGrant(String),
+    /// The grant was revoked (the purchase was refunded or canceled) before
+    /// it was confirmed.
+    #[error("grant `{0}` was revoked: its purchase was refunded or canceled, so it is not to be given")]
+    RevokedGrant(String),
 }
 
 /// Where a grant stands.
@@ -82,6 +86,9 @@ pub enum GrantState {
     Pending,
     /// Confirmed: granted, never again.
     Confirmed,
+    /// Taken back: the purchase was refunded or canceled after the grant
+    /// started; the caller takes the content back (or never gives it).
+    Revoked,
 }
 
 /// A grant as the ledger answers it.
@@ -126,6 +133,8 @@ pub struct Ledger {
     backend: Backend,
     url: String,
     claims: BTreeMap<String, ClaimPolicy>,
+    acknowledge: BTreeMap<String, AcknowledgePolicy>,
+    acknowledgement_window: Duration,
     entitlements: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     final_state_freshness: Duration,
     /// Woken after every commit that wrote events, so that this replica's
@@ -136,8 +145,18 @@ pub struct Ledger {
 }
 
 /// The kinds of events the ledger writes.
-pub const EVENT_KINDS: [&str; 8] =
-    ["claimed", "transferred", "shared", "state_changed", "grant_started", "granted", "acknowledged", "consumed"];
+pub const EVENT_KINDS: [&str; 10] = [
+    "claimed",
+    "transferred",
+    "shared",
+    "state_changed",
+    "refunded",
+    "grant_started",
+    "granted",
+    "grant_revoked",
+    "acknowledged",
+    "consumed",
+];
 
 /// One recorded event.
 #[derive(Debug, Clone)]
@@ -250,6 +269,9 @@ pub struct Observation<'a> {
     pub purchase: Option<&'a pb::Purchase>,
     /// Whether the store answered (not the ledger).
     pub from_store: bool,
+    /// The proof, where the app has iapd acknowledge its purchases
+    /// ([`Ledger::acknowledges`]): kept until the acknowledgement is made.
+    pub proof: Option<&'a pb::PurchaseProof>,
 }
 
 /// A purchase in a final state, as the store last described it.
@@ -346,6 +368,8 @@ impl Ledger {
             backend,
             url: shown,
             claims: config.claims.clone(),
+            acknowledge: config.acknowledge.clone(),
+            acknowledgement_window: config.acknowledgement_window,
             entitlements: config.entitlements.clone(),
             events_written,
             final_state_freshness: config.final_state_freshness,
@@ -387,6 +411,31 @@ impl Ledger {
             })
             .unwrap_or_else(|| format!("proof:{proof_hash}"));
         let purchase = observation.purchase;
+        let now = now_ms();
+        // Due when the store says a valid, paid purchase awaits its
+        // acknowledgement (consuming it acknowledges it too).
+        let ack_due_ms = purchase
+            .filter(|purchase| {
+                observation.from_store
+                    && observation.verdict == pb::Verdict::Valid
+                    && purchase.state() == pb::PurchaseState::Purchased
+                    && purchase.acknowledgement_state() == pb::AcknowledgementState::NotAcknowledged
+                    && purchase.consumption_state() != pb::ConsumptionState::Consumed
+            })
+            .map(|purchase| {
+                let bought = purchase.purchase_time.as_ref().map_or(now, timestamp_ms);
+                bought.saturating_add(millis(self.acknowledgement_window))
+            });
+        let acknowledge = match (ack_due_ms, self.acknowledge.get(observation.app_id), observation.proof) {
+            (Some(due), Some(policy), Some(proof)) => Some(batch::AutoAcknowledge {
+                proof: hex(&prost::Message::encode_to_vec(proof)),
+                next_attempt_ms: match policy.mode {
+                    AcknowledgeMode::BeforeDeadline => due.saturating_sub(millis(policy.margin)),
+                    AcknowledgeMode::AfterVerify | AcknowledgeMode::Manual => now,
+                },
+            }),
+            _ => None,
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let pending = batch::Pending {
             purchase_id: purchase_id(observation.store, observation.app_id, &store_key),
@@ -401,9 +450,9 @@ impl Ledger {
             environment: purchase.map_or(pb::Environment::Unspecified, pb::Purchase::environment).as_str_name(),
             kind: purchase.map_or(pb::ProductKind::Unspecified, pb::Purchase::kind).as_str_name(),
             claimable: matches!(observation.verdict, pb::Verdict::Valid | pb::Verdict::Pending),
-            expiry_ms: purchase
-                .and_then(|purchase| purchase.expiry_time.as_ref())
-                .map(|time| time.seconds * 1000 + i64::from(time.nanos) / 1_000_000),
+            expiry_ms: purchase.and_then(|purchase| purchase.expiry_time.as_ref()).map(timestamp_ms),
+            ack_due_ms,
+            acknowledge,
             checked: observation.from_store.then(|| {
                 observation.purchase.map(|purchase| {
                     let without_raw = pb::Purchase { raw_store_response: String::new(), ..purchase.clone() };
@@ -417,6 +466,12 @@ impl Ledger {
         let gone = || LedgerError::Unavailable("the ledger's writer has stopped".to_owned());
         self.recorder.send(pending).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    /// Whether iapd acknowledges this app's purchases itself, so that a
+    /// Verify must hand the ledger its proof.
+    pub fn acknowledges(&self, app_id: &str) -> bool {
+        self.acknowledge.contains_key(app_id)
     }
 
     /// Starts the grant of a purchase to a user, or finds the one started
@@ -448,17 +503,22 @@ impl Ledger {
         if owner.as_deref() != Some(user_id) && !shared {
             return Err(GrantRefusal::NotOwner.into());
         }
-        let existing =
-            sqlx::query("SELECT grant_id, state, started_ms FROM grants WHERE purchase_id = $1 AND user_id = $2")
-                .bind(purchase_id)
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let existing = sqlx::query(
+            "SELECT grant_id, state, started_ms, revoked_ms FROM grants WHERE purchase_id = $1 AND user_id = $2",
+        )
+        .bind(purchase_id)
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         if let Some(row) = existing {
             let state: String = row.try_get("state")?;
             let grant = Grant {
                 grant_id: row.try_get("grant_id")?,
-                state: if state == "confirmed" { GrantState::Confirmed } else { GrantState::Pending },
+                state: match (state.as_str(), row.try_get::<Option<i64>, _>("revoked_ms")?) {
+                    (_, Some(_)) => GrantState::Revoked,
+                    ("confirmed", None) => GrantState::Confirmed,
+                    _ => GrantState::Pending,
+                },
                 started_ms: row.try_get("started_ms")?,
             };
             tx.commit().await?;
@@ -492,30 +552,44 @@ impl Ledger {
     pub async fn confirm_grant(&self, grant_id: &str) -> Result<bool, LedgerError> {
         let now = now_ms();
         let mut tx = self.begin().await?;
+        let unknown = || LedgerError::from(GrantRefusal::UnknownGrant(grant_id.to_owned()));
+        let purchase_id: String = sqlx::query("SELECT purchase_id FROM grants WHERE grant_id = $1")
+            .bind(grant_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(unknown)?
+            .try_get("purchase_id")?;
+        // The purchase first, as every writer takes it before its grants, so
+        // that a refund recorded at the same time cannot deadlock with this.
+        let app_id: String =
+            sqlx::query("UPDATE purchases SET last_seen_ms = last_seen_ms WHERE purchase_id = $1 RETURNING app_id")
+                .bind(&purchase_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("app_id")?;
         let confirmed = sqlx::query(
-            "UPDATE grants SET state = 'confirmed', confirmed_ms = $2 WHERE grant_id = $1 AND state = 'started' \
-             RETURNING purchase_id, user_id",
+            "UPDATE grants SET state = 'confirmed', confirmed_ms = $2 \
+             WHERE grant_id = $1 AND state = 'started' AND revoked_ms IS NULL RETURNING user_id",
         )
         .bind(grant_id)
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = confirmed else {
-            let known =
-                sqlx::query("SELECT 1 FROM grants WHERE grant_id = $1").bind(grant_id).fetch_optional(&mut *tx).await?;
+            let row = sqlx::query("SELECT state, revoked_ms FROM grants WHERE grant_id = $1")
+                .bind(grant_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let state: String = row.try_get("state")?;
+            let revoked = row.try_get::<Option<i64>, _>("revoked_ms")?.is_some();
             tx.commit().await?;
-            return match known {
-                Some(_) => Ok(true),
-                None => Err(GrantRefusal::UnknownGrant(grant_id.to_owned()).into()),
+            return if revoked && state != "confirmed" {
+                Err(GrantRefusal::RevokedGrant(grant_id.to_owned()).into())
+            } else {
+                Ok(true)
             };
         };
-        let purchase_id: String = row.try_get("purchase_id")?;
         let user_id: String = row.try_get("user_id")?;
-        let app_id: String = sqlx::query("SELECT app_id FROM purchases WHERE purchase_id = $1")
-            .bind(&purchase_id)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("app_id")?;
         self.history(&mut tx, &purchase_id, now, "granted", format!("{grant_id} to {user_id}")).await?;
         self.event(&mut tx, now, &app_id, &user_id, "granted", &purchase_id, grant_id.to_owned()).await?;
         tx.commit().await?;
@@ -539,8 +613,10 @@ impl Ledger {
         };
         let mut tx = self.begin().await?;
         // The column name is one of two constants, never input.
+        // Either settles what Google's acknowledgement deadline asks.
         let updated = sqlx::query(&format!(
-            "UPDATE purchases SET {column} = $4 WHERE store = $1 AND app_id = $2 AND proof_hash = $3 AND {column} IS NULL \
+            "UPDATE purchases SET {column} = $4, ack_due_ms = NULL \
+             WHERE store = $1 AND app_id = $2 AND proof_hash = $3 AND {column} IS NULL \
              RETURNING purchase_id, owner_user_id"
         ))
         .bind(store)
@@ -553,6 +629,10 @@ impl Ledger {
         for row in updated {
             let purchase_id: String = row.try_get("purchase_id")?;
             let owner: Option<String> = row.try_get("owner_user_id")?;
+            sqlx::query("DELETE FROM pending_acknowledgements WHERE purchase_id = $1")
+                .bind(&purchase_id)
+                .execute(&mut *tx)
+                .await?;
             self.history(&mut tx, &purchase_id, now, kind, String::new()).await?;
             self.event(&mut tx, now, app_id, owner.as_deref().unwrap_or(""), kind, &purchase_id, String::new()).await?;
             recorded = Some(purchase_id);
@@ -750,11 +830,19 @@ impl Ledger {
         change: &str,
         detail: String,
     ) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO purchase_history (purchase_id, seq, at_ms, change, detail) \
-             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM purchase_history WHERE purchase_id = $1",
+        // The count is on the purchase's row, which this also locks.
+        let seq: i64 = sqlx::query(
+            "UPDATE purchases SET history_count = history_count + 1 WHERE purchase_id = $1 RETURNING history_count",
         )
         .bind(purchase_id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("history_count")?;
+        sqlx::query(
+            "INSERT INTO purchase_history (purchase_id, seq, at_ms, change, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(purchase_id)
+        .bind(seq)
         .bind(now)
         .bind(change)
         .bind(detail)
@@ -900,6 +988,14 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn timestamp_ms(time: &prost_types::Timestamp) -> i64 {
+    time.seconds.saturating_mul(1000).saturating_add(i64::from(time.nanos) / 1_000_000)
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Now, in unix millis.
