@@ -4,6 +4,7 @@
 //! ABI of `sdk-plugin`. Start reading at [`serve`]; the code map is in
 //! ARCHITECTURE.md.
 
+mod acknowledger;
 mod codec;
 pub mod config;
 mod convert;

@@ -11,6 +11,7 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
+use crate::acknowledger;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::host::{PluginHost, StorePlugin};
@@ -402,10 +403,36 @@ impl PurchaseService for PurchaseApi {
         &self,
         _request: Request<pb::ListStoresRequest>,
     ) -> Result<Response<pb::ListStoresResponse>, Status> {
-        let stores = self.host.stores().map(|store| store_info(store)).collect();
+        // From the ledger (every replica's purchases); left out while it
+        // cannot be read, rather than counted as none.
+        let pending = match &self.ledger {
+            Some(ledger) => match ledger.acknowledgements_pending(ACK_AT_RISK_WITHIN).await {
+                Ok(pending) => Some(pending),
+                Err(err) => {
+                    tracing::warn!(%err, "cannot count the acknowledgements due for ListStores");
+                    None
+                }
+            },
+            None => None,
+        };
+        let stores = self
+            .host
+            .stores()
+            .map(|store| {
+                let mut info = store_info(store);
+                info.acknowledgements = pending.as_ref().map(|pending| {
+                    let (due, at_risk) = pending.get(store.id()).copied().unwrap_or((0, 0));
+                    pb::AcknowledgementCounts { unacknowledged: due, at_risk }
+                });
+                info
+            })
+            .collect();
         Ok(Response::new(pb::ListStoresResponse { stores }))
     }
 }
+
+/// A purchase whose acknowledgement deadline is nearer than this is at risk.
+const ACK_AT_RISK_WITHIN: Duration = Duration::from_secs(24 * 3600);
 
 /// The health service name of the ledger.
 pub(crate) const LEDGER_HEALTH: &str = "iapd.v1.Ledger";
@@ -511,6 +538,7 @@ fn store_info(store: &StorePlugin) -> pb::StoreInfo {
         abi_version: format!("{}.{}", meta.descriptor.abi_major, meta.descriptor.abi_minor),
         capabilities,
         proof_kinds: meta.info.proof_kinds.clone(),
+        acknowledgements: None,
     }
 }
 
@@ -558,7 +586,14 @@ pub(crate) async fn run(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let api = PurchaseServiceServer::new(PurchaseApi::new(host.clone(), ledger, &config))
+    let purchase_api = PurchaseApi::new(host.clone(), ledger.clone(), &config);
+    // Every replica acknowledges, each due purchase leased to one of them.
+    let (stop_acknowledger, acknowledger_stopped) = tokio::sync::watch::channel(false);
+    let acknowledger = ledger
+        .as_ref()
+        .filter(|_| config.ledger.as_ref().is_some_and(|settings| !settings.acknowledge.is_empty()))
+        .map(|ledger| tokio::spawn(acknowledger::run(purchase_api.clone(), ledger.clone(), acknowledger_stopped)));
+    let api = PurchaseServiceServer::new(purchase_api)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
 
@@ -585,6 +620,7 @@ pub(crate) async fn run(
     let shutdown = async move {
         shutdown.await;
         tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: draining calls in flight");
+        let _ = stop_acknowledger.send(true);
         health_on_shutdown.set_not_serving::<PurchaseServiceServer<PurchaseApi>>().await;
         // When the grace ends, the call layer answers every call still
         // running (UNAVAILABLE, SHUTTING_DOWN), so no client is left with a
@@ -596,6 +632,10 @@ pub(crate) async fn run(
     };
     // Past the grace, the answers above need a moment to be written.
     transport::serve(listener, service, &config.connections, shutdown, grace + Duration::from_secs(1)).await;
+    // One cut short is leased, not lost: it is tried again when its lease ends.
+    if let Some(acknowledger) = acknowledger {
+        acknowledger.abort();
+    }
     tracing::info!("iapd stopped");
     Ok(())
 }

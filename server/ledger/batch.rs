@@ -71,11 +71,7 @@ pub(super) struct AutoAcknowledge {
 }
 
 /// Starts the writer of `pool`; it stops when the last sender is dropped.
-pub(super) fn spawn(
-    pool: AnyPool,
-    backend: Backend,
-    events_written: std::sync::Arc<tokio::sync::Notify>,
-) -> mpsc::Sender<Pending> {
+pub(super) fn spawn(pool: AnyPool, backend: Backend, wake: Wake) -> mpsc::Sender<Pending> {
     let (sender, mut queue) = mpsc::channel::<Pending>(QUEUE);
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -89,23 +85,16 @@ pub(super) fn spawn(
             tracing::debug!(verifies = batch.len(), "recording a batch");
             let outcome = write_retrying(&pool, backend, &batch).await;
             let outcomes: Vec<Result<Recorded, LedgerError>> = match outcome {
-                Ok((recorded, wrote_events)) => {
-                    if wrote_events {
-                        events_written.notify_waiters();
-                    }
-                    recorded.into_iter().map(Ok).collect()
-                }
+                Ok(written) => wake.after(written).into_iter().map(Ok).collect(),
                 // One bad Verify must not fail the others: each alone.
                 Err(_) if batch.len() > 1 => {
                     let mut each = Vec::with_capacity(batch.len());
                     for pending in &batch {
                         each.push(match write_retrying(&pool, backend, std::slice::from_ref(pending)).await {
-                            Ok((mut recorded, wrote_events)) => {
-                                if wrote_events {
-                                    events_written.notify_waiters();
-                                }
-                                Ok(recorded.remove(0))
-                            }
+                            Ok(written) => wake
+                                .after(written)
+                                .pop()
+                                .ok_or_else(|| LedgerError::Unavailable("a batch of one recorded nothing".to_owned())),
                             Err(error) => Err(error),
                         });
                     }
@@ -121,11 +110,37 @@ pub(super) fn spawn(
     sender
 }
 
-async fn write_retrying(
-    pool: &AnyPool,
-    backend: Backend,
-    batch: &[Pending],
-) -> Result<(Vec<Recorded>, bool), LedgerError> {
+/// Who is woken after a commit.
+#[derive(Debug)]
+pub(super) struct Wake {
+    /// This replica's event subscribers.
+    pub(super) events: std::sync::Arc<tokio::sync::Notify>,
+    /// This replica's acknowledger.
+    pub(super) acknowledgements: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Wake {
+    fn after(&self, written: Written) -> Vec<Recorded> {
+        if written.wrote_events {
+            self.events.notify_waiters();
+        }
+        if written.acknowledgements_due {
+            self.acknowledgements.notify_one();
+        }
+        written.recorded
+    }
+}
+
+/// What a committed batch did.
+struct Written {
+    /// Each Verify's answer, in order.
+    recorded: Vec<Recorded>,
+    wrote_events: bool,
+    /// Whether it tracked an acknowledgement due now.
+    acknowledgements_due: bool,
+}
+
+async fn write_retrying(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Written, LedgerError> {
     let mut tries = 0;
     loop {
         match write(pool, backend, batch).await {
@@ -385,7 +400,7 @@ const CANCELED: &str = "VERDICT_CANCELED";
 
 /// Records `batch` in one transaction: the Verifies' answers, in order, and
 /// whether it wrote events.
-async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<(Vec<Recorded>, bool), Failed> {
+async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Written, Failed> {
     let sql = match backend {
         Backend::Sqlite => &SQLITE,
         Backend::Postgres => &POSTGRES,
@@ -634,6 +649,7 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<(V
     if !new_shares.is_empty() {
         sqlx::query(sql.insert_shares).bind(json(&new_shares)?).bind(now).execute(&mut *tx).await?;
     }
+    let acknowledgements_due = acknowledgements.iter().any(|tracked| tracked.next_attempt_ms <= now);
     if !acknowledgements.is_empty() {
         sqlx::query(sql.track_acknowledgements).bind(json(&acknowledgements)?).execute(&mut *tx).await?;
     }
@@ -663,5 +679,5 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<(V
         sqlx::query(sql.insert_events).bind(json(&entries)?).bind(now).execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok((recorded, wrote_events))
+    Ok(Written { recorded, wrote_events, acknowledgements_due })
 }

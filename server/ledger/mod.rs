@@ -140,6 +140,8 @@ pub struct Ledger {
     /// Woken after every commit that wrote events, so that this replica's
     /// subscribers see them at once (others' within their poll).
     events_written: Arc<Notify>,
+    /// Woken when a Verify made an acknowledgement due now.
+    acknowledgements_due: Arc<Notify>,
     /// The writer that records Verifies in batches.
     recorder: tokio::sync::mpsc::Sender<batch::Pending>,
 }
@@ -288,6 +290,25 @@ pub struct FinalAnswer {
     pub store_checked_ms: i64,
 }
 
+/// An acknowledgement iapd is to make, leased to this replica.
+#[derive(Debug, Clone)]
+pub struct DueAcknowledgement {
+    /// The ledger's id of the purchase.
+    pub purchase_id: String,
+    /// The store id.
+    pub store: String,
+    /// The app.
+    pub app_id: String,
+    /// The product.
+    pub product_id: String,
+    /// The proof the Verify was given.
+    pub proof: pb::PurchaseProof,
+    /// When the store's deadline falls (unix millis).
+    pub deadline_ms: i64,
+    /// How many tries failed so far.
+    pub attempts: i64,
+}
+
 /// Whose the purchase is, as far as this Verify is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -362,8 +383,11 @@ impl Ledger {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await.map_err(|err| open_error(err.to_string()))?;
         }
         let events_written = Arc::new(Notify::new());
+        let acknowledgements_due = Arc::new(Notify::new());
+        let wake = batch::Wake { events: events_written.clone(), acknowledgements: acknowledgements_due.clone() };
         let ledger = Ledger {
-            recorder: batch::spawn(pool.clone(), backend, events_written.clone()),
+            recorder: batch::spawn(pool.clone(), backend, wake),
+            acknowledgements_due,
             pool,
             backend,
             url: shown,
@@ -807,6 +831,113 @@ impl Ledger {
     pub async fn ping(&self) -> Result<(), LedgerError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Woken when a Verify on this replica made an acknowledgement due now.
+    pub fn acknowledgements_due(&self) -> Arc<Notify> {
+        self.acknowledgements_due.clone()
+    }
+
+    /// Leases up to `limit` acknowledgements that are due to this replica for
+    /// `lease`: no other replica takes them meanwhile.
+    pub async fn take_due_acknowledgements(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<DueAcknowledgement>, LedgerError> {
+        let now = now_ms();
+        // PostgreSQL: rows another replica is leasing at this moment are
+        // skipped, not waited for. SQLite's one writer makes the statement
+        // atomic by itself.
+        let skip_locked = if self.backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let rows = sqlx::query(&format!(
+            "UPDATE pending_acknowledgements SET lease_until_ms = $2 WHERE purchase_id IN \
+             (SELECT purchase_id FROM pending_acknowledgements WHERE next_attempt_ms <= $1 AND lease_until_ms <= $1 \
+             ORDER BY next_attempt_ms LIMIT $3{skip_locked}) \
+             RETURNING purchase_id, store, app_id, product_id, proof, deadline_ms, attempts"
+        ))
+        .bind(now)
+        .bind(now.saturating_add(millis(lease)))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let proof: String = row.try_get("proof")?;
+                let proof = unhex(&proof)
+                    .and_then(|bytes| <pb::PurchaseProof as prost::Message>::decode(bytes.as_slice()).ok())
+                    .ok_or_else(|| LedgerError::Unavailable("a kept proof does not decode".to_owned()))?;
+                Ok(DueAcknowledgement {
+                    purchase_id: row.try_get("purchase_id")?,
+                    store: row.try_get("store")?,
+                    app_id: row.try_get("app_id")?,
+                    product_id: row.try_get("product_id")?,
+                    proof,
+                    deadline_ms: row.try_get("deadline_ms")?,
+                    attempts: row.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Gives a leased acknowledgement back, to be tried again after `wait`.
+    pub async fn acknowledgement_failed(
+        &self,
+        purchase_id: &str,
+        error: &str,
+        wait: Duration,
+    ) -> Result<(), LedgerError> {
+        let next = now_ms().saturating_add(millis(wait));
+        sqlx::query(
+            "UPDATE pending_acknowledgements SET attempts = attempts + 1, next_attempt_ms = $2, lease_until_ms = 0, \
+             last_error = $3 WHERE purchase_id = $1",
+        )
+        .bind(purchase_id)
+        .bind(next)
+        .bind(error.chars().take(500).collect::<String>())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stops trying to acknowledge a purchase, saying why in its history.
+    pub async fn abandon_acknowledgement(&self, purchase_id: &str, why: &str) -> Result<(), LedgerError> {
+        let mut tx = self.begin().await?;
+        let deleted = sqlx::query("DELETE FROM pending_acknowledgements WHERE purchase_id = $1")
+            .bind(purchase_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted > 0 {
+            let why = why.chars().take(500).collect();
+            self.history(&mut tx, purchase_id, now_ms(), "acknowledgement_abandoned", why).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Per store, the valid purchases awaiting an acknowledgement, and those
+    /// of them whose deadline is less than `within` away (or past).
+    pub async fn acknowledgements_pending(
+        &self,
+        within: Duration,
+    ) -> Result<BTreeMap<String, (u64, u64)>, LedgerError> {
+        let soon = now_ms().saturating_add(millis(within));
+        let rows = sqlx::query(
+            "SELECT store, COUNT(*) AS due, SUM(CASE WHEN ack_due_ms < $1 THEN 1 ELSE 0 END) AS at_risk \
+             FROM purchases WHERE ack_due_ms IS NOT NULL AND verdict = 'VERDICT_VALID' GROUP BY store",
+        )
+        .bind(soon)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = BTreeMap::new();
+        for row in rows {
+            let due: i64 = row.try_get("due")?;
+            let at_risk: i64 = row.try_get("at_risk")?;
+            counts
+                .insert(row.try_get("store")?, (u64::try_from(due).unwrap_or(0), u64::try_from(at_risk).unwrap_or(0)));
+        }
+        Ok(counts)
     }
 
     /// Resolves after the next commit on this replica that wrote events.

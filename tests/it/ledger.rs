@@ -754,3 +754,261 @@ async fn final_purchases_are_answered_from_the_ledger_while_fresh_and_claims_sti
     let again = client.verify(verify_for("com.example.game", &refunded, "alice")).await.unwrap().into_inner();
     assert_eq!(again.source(), pb::AnswerSource::Store);
 }
+
+/// The Google Play emulator, whose purchases change state as a test says,
+/// and a config pointing iapd's Google Play store at it with these `[ledger]`
+/// settings.
+struct PlayLedger {
+    emulator: std::sync::Arc<iapd_emulators::google_play::GooglePlay>,
+    config: std::path::PathBuf,
+    _running: iapd_emulators::Running,
+    _sandbox: Sandbox,
+}
+
+const PACKAGE: &str = "com.example.game";
+
+impl PlayLedger {
+    fn start(ledger: &str) -> PlayLedger {
+        use crate::support::root;
+        let fixtures = root().join("tests/fixtures/google-play");
+        let key = std::fs::read_to_string(fixtures.join("service-account.json")).unwrap();
+        let emulator = std::sync::Arc::new(iapd_emulators::google_play::GooglePlay::with_default_state());
+        emulator.add_service_account(&key).unwrap();
+        let running = iapd_emulators::spawn(emulator.clone()).unwrap();
+        let address = running.address.to_string();
+        let sandbox = Sandbox::new();
+        sandbox.add_plugin(
+            &built_plugin("iapd-plugin-google-play"),
+            &libloading::library_filename("iapd_plugin_google_play").to_string_lossy(),
+        );
+        let key_file = sandbox.dir.path().join("service-account.json");
+        std::fs::write(&key_file, key.replace("127.0.0.1:8095", &address)).unwrap();
+        let stores = std::fs::read_to_string(fixtures.join("iapd.toml"))
+            .unwrap()
+            .replace("127.0.0.1:8095", &address)
+            .replace("tests/fixtures/google-play/service-account.json", &key_file.display().to_string());
+        let config = sandbox.write_config(&format!("{stores}\n[ledger]\n{ledger}\n"));
+        PlayLedger { emulator, config, _running: running, _sandbox: sandbox }
+    }
+
+    /// Puts a purchase of `product` with these `ProductPurchase` fields in
+    /// the store (replacing one with the same token).
+    fn seed(&self, token: &str, product: &str, fields: serde_json::Value) {
+        let serde_json::Value::Object(fields) = fields else { panic!("fields are an object") };
+        self.emulator.add_purchase(iapd_emulators::google_play::SeedPurchase {
+            package_name: PACKAGE.into(),
+            product_id: product.into(),
+            purchase_token: token.into(),
+            fields,
+        });
+    }
+
+    fn acknowledged(&self, token: &str) -> bool {
+        self.emulator.purchase(token).unwrap()["acknowledgementState"] == 1
+    }
+}
+
+fn play_verify(product: &str, purchase_token: &str, user: &str) -> pb::VerifyRequest {
+    pb::VerifyRequest {
+        store: "google-play".into(),
+        app_id: PACKAGE.into(),
+        product_id: product.into(),
+        proof: crate::support::token(purchase_token),
+        user_id: user.into(),
+    }
+}
+
+/// A paid purchase, bought `age_ms` ago, not acknowledged yet.
+fn paid(age_ms: i64) -> serde_json::Value {
+    let bought = iapd::ledger::now_ms() - age_ms;
+    serde_json::json!({
+        "purchaseTimeMillis": bought.to_string(), "purchaseState": 0, "consumptionState": 0,
+        "acknowledgementState": 0, "orderId": unique("GPA.3301"), "quantity": 1, "refundableQuantity": 1,
+    })
+}
+
+/// Events of `app` from the start, until `until` holds of those seen, within 10 s.
+async fn events_until(
+    client: &mut Client,
+    app: &str,
+    until: impl Fn(&[pb::LedgerEvent]) -> bool,
+) -> Vec<pb::LedgerEvent> {
+    let request = pb::WatchEventsRequest { app_id: app.into(), ..Default::default() };
+    let mut stream = client.watch_events(request).await.unwrap().into_inner();
+    let mut seen = Vec::new();
+    while !until(&seen) {
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
+        let next = next.unwrap_or_else(|_| panic!("events in time; so far: {seen:?}"));
+        seen.push(next.unwrap().unwrap().event.unwrap());
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_refund_seen_later_revokes_what_the_purchase_granted() {
+    for db in Db::both() {
+        let db_name = db.name();
+        let play = PlayLedger::start("");
+        let server = db.start_with(Some(&play.config), &[]);
+        let mut client = server.client().await;
+        let (granted, started) = (unique("gp-granted"), unique("gp-started"));
+        play.seed(&granted, "remove_ads", paid(60_000));
+        play.seed(&started, "remove_ads", paid(60_000));
+        let mut grants = Vec::new();
+        for token in [&granted, &started] {
+            let answer = client.verify(play_verify("remove_ads", token, "alice")).await.unwrap().into_inner();
+            assert_eq!(answer.verdict(), Verdict::Valid, "{db_name}");
+            let purchase_id = ledger_of(&answer).purchase_id.clone();
+            let grant = client.grant(grant(&purchase_id, "alice")).await.unwrap().into_inner();
+            grants.push((purchase_id, grant.grant_id));
+        }
+        client.confirm_grant(confirm(&grants[0].1)).await.unwrap();
+        let entitled = |answer: &pb::GetEntitlementsResponse| answer.active_product_ids.clone();
+        let asked = pb::GetEntitlementsRequest { app_id: PACKAGE.into(), user_id: "alice".into() };
+        let before = client.get_entitlements(asked.clone()).await.unwrap().into_inner();
+        assert_eq!(entitled(&before), ["remove_ads"], "{db_name}");
+
+        // Google refunds both: the purchases say so (refundableQuantity 0).
+        for token in [&granted, &started] {
+            let mut refunded = serde_json::Value::Object(play.emulator.purchase(token).unwrap());
+            refunded["refundableQuantity"] = 0.into();
+            play.seed(token, "remove_ads", refunded);
+            let answer = client.verify(play_verify("remove_ads", token, "alice")).await.unwrap().into_inner();
+            assert_eq!(answer.verdict(), Verdict::Refunded, "{db_name}");
+        }
+        let events = events_until(&mut client, PACKAGE, |seen| {
+            seen.iter().filter(|event| event.kind == "grant_revoked").count() == 2
+        })
+        .await;
+        let kinds: Vec<(&str, &str)> =
+            events.iter().map(|event| (event.kind.as_str(), event.purchase_id.as_str())).collect();
+        for (purchase_id, grant_id) in &grants {
+            assert!(kinds.contains(&("refunded", purchase_id)), "{db_name}: {kinds:?}");
+            let revoked =
+                events.iter().find(|event| event.kind == "grant_revoked" && &event.purchase_id == purchase_id);
+            let revoked = revoked.unwrap_or_else(|| panic!("{db_name}: {kinds:?}"));
+            assert_eq!((revoked.user_id.as_str(), revoked.detail.as_str()), ("alice", grant_id.as_str()), "{db_name}");
+            // Asking again says so; the grant stays revoked.
+            let again = client.grant(grant(purchase_id, "alice")).await.unwrap().into_inner();
+            assert_eq!(again.state(), pb::GrantState::Revoked, "{db_name}");
+        }
+        // A grant that was started but not confirmed is not to be given now.
+        let status = client.confirm_grant(confirm(&grants[1].1)).await.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{db_name}");
+        assert_eq!(error_info(&status), Some(("GRANT_REVOKED".into(), "iapd".into())), "{db_name}");
+        // The confirmed one answers as confirmed before; it was revoked after.
+        let after = client.get_entitlements(asked).await.unwrap().into_inner();
+        assert!(entitled(&after).is_empty(), "{db_name}: {after:?}");
+    }
+}
+
+/// The acknowledgement counts ListStores gives for Google Play.
+async fn acknowledgement_counts(client: &mut Client) -> (u64, u64) {
+    let stores = client.list_stores(pb::ListStoresRequest {}).await.unwrap().into_inner().stores;
+    let play = stores.iter().find(|store| store.id == "google-play").unwrap();
+    let counts = play.acknowledgements.clone().expect("counts from the ledger");
+    (counts.unacknowledged, counts.at_risk)
+}
+
+/// Waits until the store says `token` is acknowledged, at most 15 s.
+async fn until_acknowledged(play: &PlayLedger, token: &str) {
+    for _ in 0..150 {
+        if play.acknowledged(token) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{token} was not acknowledged in time");
+}
+
+#[tokio::test]
+async fn unacknowledged_purchases_are_counted_and_acknowledged_by_policy_before_google_refunds_them() {
+    const DAY: i64 = 86_400_000;
+    for db in Db::both() {
+        let db_name = db.name();
+        let play = PlayLedger::start("apps = { \"com.example.game\" = { acknowledge = \"before_deadline\" } }");
+        let server = db.start_with(Some(&play.config), &[]);
+        let mut client = server.client().await;
+        assert_eq!(acknowledgement_counts(&mut client).await, (0, 0), "{db_name}");
+
+        // Bought an hour ago: due in 71 hours, acknowledged a day before
+        // that (the default margin), so for now only counted.
+        let fresh = unique("gp-fresh");
+        play.seed(&fresh, "remove_ads", paid(3_600_000));
+        client.verify(play_verify("remove_ads", &fresh, "alice")).await.unwrap();
+        assert_eq!(acknowledgement_counts(&mut client).await, (1, 0), "{db_name}");
+        // Bought 2.5 days ago: due in half a day, past the margin, so iapd
+        // acknowledges it now.
+        let old = unique("gp-old");
+        play.seed(&old, "remove_ads", paid(5 * DAY / 2));
+        client.verify(play_verify("remove_ads", &old, "bob")).await.unwrap();
+        until_acknowledged(&play, &old).await;
+        let events =
+            events_until(&mut client, PACKAGE, |seen| seen.iter().any(|event| event.kind == "acknowledged")).await;
+        let acknowledged = events.iter().find(|event| event.kind == "acknowledged").unwrap();
+        assert_eq!(acknowledged.user_id, "bob", "{db_name}");
+        assert_eq!(acknowledgement_counts(&mut client).await, (1, 0), "{db_name}: the fresh one is left");
+        assert!(!play.acknowledged(&fresh), "{db_name}: not before its time");
+        // A backend that acknowledges first settles it.
+        let request = pb::AcknowledgeRequest {
+            store: "google-play".into(),
+            app_id: PACKAGE.into(),
+            product_id: "remove_ads".into(),
+            proof: crate::support::token(&fresh),
+            developer_payload: String::new(),
+        };
+        client.acknowledge(request).await.unwrap();
+        assert_eq!(acknowledgement_counts(&mut client).await, (0, 0), "{db_name}");
+        assert_eq!(play.emulator.count("products.acknowledge"), 2, "{db_name}: one call each");
+    }
+}
+
+#[tokio::test]
+async fn at_risk_purchases_are_counted_for_apps_that_acknowledge_themselves() {
+    const DAY: i64 = 86_400_000;
+    let db = Db::sqlite();
+    let play = PlayLedger::start("");
+    let server = db.start_with(Some(&play.config), &[]);
+    let mut client = server.client().await;
+    for (age, user) in [(DAY / 24, "alice"), (5 * DAY / 2, "bob"), (4 * DAY, "carol")] {
+        let token = unique("gp-manual");
+        play.seed(&token, "remove_ads", paid(age));
+        client.verify(play_verify("remove_ads", &token, user)).await.unwrap();
+    }
+    // Past its deadline counts as at risk too: Google may refund it any moment.
+    assert_eq!(acknowledgement_counts(&mut client).await, (3, 2));
+    assert_eq!(play.emulator.count("products.acknowledge"), 0, "manual: iapd acknowledges nothing");
+}
+
+#[tokio::test]
+async fn replicas_acknowledging_after_verify_acknowledge_each_purchase_once() {
+    const PURCHASES: usize = 24;
+    let db = Db::postgres();
+    let play = PlayLedger::start("apps = { \"com.example.game\" = { acknowledge = \"after_verify\" } }");
+    let (one, two) = (db.start_with(Some(&play.config), &[]), db.start_with(Some(&play.config), &[]));
+    let clients = [one.client().await, two.client().await];
+    let tokens: Vec<String> = (0..PURCHASES).map(|_| unique("gp-auto")).collect();
+    let mut calls = Vec::new();
+    for (index, token) in tokens.iter().enumerate() {
+        play.seed(token, "remove_ads", paid(60_000));
+        // Each purchase verified on both replicas.
+        for client in &clients {
+            let (mut client, request) = (client.clone(), play_verify("remove_ads", token, &format!("user-{index}")));
+            calls.push(tokio::spawn(async move { client.verify(request).await.unwrap() }));
+        }
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    for token in &tokens {
+        until_acknowledged(&play, token).await;
+    }
+    let mut client = clients[0].clone();
+    let events = events_until(&mut client, PACKAGE, |seen| {
+        seen.iter().filter(|event| event.kind == "acknowledged").count() == PURCHASES
+    })
+    .await;
+    assert_eq!(events.iter().filter(|event| event.kind == "acknowledged").count(), PURCHASES);
+    assert_eq!(play.emulator.count("products.acknowledge"), PURCHASES as u64, "one acknowledgement each");
+    assert_eq!(acknowledgement_counts(&mut client).await, (0, 0));
+}
