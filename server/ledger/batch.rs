@@ -596,7 +596,7 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Wr
             // The grantee's event, so that a backend watching that user sees it.
             events.push(NewEvent {
                 app_id: &pending.app_id,
-                user_id: user_id.into(),
+                user_id,
                 kind: "grant_revoked",
                 purchase_id: id,
                 detail: grant_id,
