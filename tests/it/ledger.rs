@@ -906,7 +906,7 @@ async fn a_refund_seen_later_revokes_what_the_purchase_granted() {
 async fn acknowledgement_counts(client: &mut Client) -> (u64, u64) {
     let stores = client.list_stores(pb::ListStoresRequest {}).await.unwrap().into_inner().stores;
     let play = stores.iter().find(|store| store.id == "google-play").unwrap();
-    let counts = play.acknowledgements.clone().expect("counts from the ledger");
+    let counts = play.acknowledgements.expect("counts from the ledger");
     (counts.unacknowledged, counts.at_risk)
 }
 
