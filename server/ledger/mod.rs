@@ -367,6 +367,26 @@ impl Ledger {
         sqlx::Connection::close(probe).await.map_err(|err| open_error(err.to_string()))?;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { config.max_connections })
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    let settings: &[&str] = match backend {
+                        // Statement journals (every multi-row statement in a
+                        // transaction keeps one) in memory, not in temporary
+                        // files; and a page cache that holds the hot indexes.
+                        Backend::Sqlite => &["PRAGMA temp_store = MEMORY", "PRAGMA cache_size = -16384"],
+                        // Plan each statement for the table as it is now. A
+                        // connection's cached generic plan is chosen once and
+                        // kept: made while the ledger is empty it scans the
+                        // wrong index forever (18 ms a lookup at 50,000 rows
+                        // instead of 0.07 ms).
+                        Backend::Postgres => &["SET plan_cache_mode = force_custom_plan"],
+                    };
+                    for setting in settings {
+                        sqlx::Executor::execute(&mut *connection, *setting).await?;
+                    }
+                    Ok(())
+                })
+            })
             // Waiting for a connection is bounded by each call's own deadline
             // (the service times every ledger operation out at it), not here:
             // a burst of calls that answer together queues for SQLite's one

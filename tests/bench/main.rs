@@ -3,7 +3,7 @@
 //! that BENCHMARKS.md records.
 //!
 //! Run: `cargo build --release --workspace && cargo bench --features bench-internals --bench bench`
-//! (`... --bench bench -- abi|throughput|concurrency|latency|ledger` runs one.)
+//! (`... --bench bench -- abi|throughput|concurrency|latency|ledger|events` runs one.)
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -37,6 +37,9 @@ fn main() {
     }
     if wants("ledger") {
         runtime.block_on(ledger());
+    }
+    if wants("events") {
+        runtime.block_on(event_latency());
     }
 }
 
@@ -1276,4 +1279,102 @@ async fn ledger() {
         println!("  {:5.2}  {what}", count as f64 / samples as f64);
     }
     let _ = connection.close().await;
+}
+
+/// (7) How long a ledger event takes to reach its subscribers: 100 of them
+/// watching one app while Verifies of new purchases arrive one every 10 ms,
+/// on SQLite, and on PostgreSQL with half the subscribers on a second
+/// replica (which sees the first's events by polling).
+async fn event_latency() {
+    const SUBSCRIBERS: usize = 100;
+    const VERIFIES: usize = 300;
+    const PACE: Duration = Duration::from_millis(10);
+    let admin = std::env::var("BENCH_LEDGER_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let database = BenchDatabase::create(&admin).await.map_err(|err| println!("no PostgreSQL: {err}")).ok();
+    let disk = tempfile::tempdir().unwrap();
+    let data_dir = format!("enabled = true\ndata_dir = {:?}\n", disk.path().display().to_string());
+    let mut setups = vec![("SQLite, one replica", data_dir.clone(), None)];
+    if let Some(database) = &database {
+        let url = format!("enabled = true\nurl = {:?}\n", database.url);
+        setups.push(("PostgreSQL, subscribers on the writing replica", url.clone(), None));
+        setups.push(("PostgreSQL, subscribers on another replica", url.clone(), Some(url)));
+    }
+    println!("load average before (7): {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
+    println!(
+        "\n(7) Event delivery: {SUBSCRIBERS} subscribers to one app's `claimed` events, {VERIFIES} Verifies of new purchases, one every {} ms",
+        PACE.as_millis()
+    );
+    println!(
+        "| ledger | from the Verify's answer: p50 | p99 | from its request (bounds the commit): p50 | p99 | deliveries |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (what, ledger, other_replica) in setups {
+        let (writer, _, _, _dir) = start_iapd_with_ledger(true, &ledger).await;
+        let watched = match &other_replica {
+            Some(ledger) => Some(start_iapd_with_ledger(true, ledger).await),
+            None => None,
+        };
+        let watched_address = watched.as_ref().map_or(writer, |(address, ..)| *address);
+        let app = format!("com.example.events{}", std::process::id());
+        let mut arrivals = Vec::new();
+        for index in 0..SUBSCRIBERS {
+            // Four connections, as a backend's pool would have.
+            if index % 25 == 0 {
+                arrivals.push(PurchaseServiceClient::connect(format!("http://{watched_address}")).await.unwrap());
+            }
+        }
+        let start_from = Instant::now();
+        let mut subscribers = Vec::new();
+        for index in 0..SUBSCRIBERS {
+            let mut client = arrivals[index % arrivals.len()].clone();
+            let request =
+                pb::WatchEventsRequest { app_id: app.clone(), kinds: vec!["claimed".into()], ..Default::default() };
+            let mut stream = client.watch_events(request).await.unwrap().into_inner();
+            subscribers.push(tokio::spawn(async move {
+                let mut seen = Vec::with_capacity(VERIFIES);
+                while seen.len() < VERIFIES {
+                    let event = stream.message().await.unwrap().unwrap().event.unwrap();
+                    seen.push((event.user_id, start_from.elapsed()));
+                }
+                seen
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut client = PurchaseServiceClient::connect(format!("http://{writer}")).await.unwrap();
+        let mut sent = std::collections::HashMap::new();
+        for n in 0..VERIFIES {
+            let mut request = fresh_request();
+            request.app_id = app.clone();
+            let user = request.user_id.clone();
+            let asked = start_from.elapsed();
+            let answer = client.verify(request).await.unwrap().into_inner();
+            assert_eq!(answer.ledger.map(|entry| entry.claim()), Some(pb::Claim::New));
+            sent.insert(user, (asked, start_from.elapsed()));
+            tokio::time::sleep_until(tokio::time::Instant::from_std(
+                start_from + Duration::from_millis(500) + PACE * (n as u32 + 1),
+            ))
+            .await;
+        }
+        let (mut from_answer, mut from_request) = (Vec::new(), Vec::new());
+        for subscriber in subscribers {
+            for (user, arrived) in subscriber.await.unwrap() {
+                let (asked, answered) = sent[&user];
+                // Before the answer reached the caller counts as no wait.
+                from_answer.push(arrived.saturating_sub(answered));
+                from_request.push(arrived.saturating_sub(asked));
+            }
+        }
+        from_answer.sort();
+        from_request.sort();
+        let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
+        println!(
+            "| {what} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+            ms(percentile(&from_answer, 0.5)),
+            ms(percentile(&from_answer, 0.99)),
+            ms(percentile(&from_request, 0.5)),
+            ms(percentile(&from_request, 0.99)),
+            from_answer.len()
+        );
+    }
 }

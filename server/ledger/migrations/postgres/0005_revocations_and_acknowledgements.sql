@@ -10,7 +10,7 @@ UPDATE purchases SET history_count =
 -- When a valid purchase the store reports not acknowledged must be
 -- acknowledged by (Google refunds it after 3 days); NULL when nothing is due.
 ALTER TABLE purchases ADD COLUMN ack_due_ms BIGINT;
-CREATE INDEX purchases_by_ack_due ON purchases (store, ack_due_ms);
+CREATE INDEX purchases_by_ack_due ON purchases (store, ack_due_ms) WHERE ack_due_ms IS NOT NULL;
 
 -- A refund seen later revokes what the purchase granted.
 ALTER TABLE grants ADD COLUMN revoked_ms BIGINT;
