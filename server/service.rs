@@ -461,13 +461,11 @@ async fn watch_ledger_health(ledger: Ledger, health: tonic_health::server::Healt
     }
 }
 
-/// How often a subscriber looks for other replicas' events; this replica's
-/// wake it at once.
-const EVENT_POLL: Duration = Duration::from_millis(200);
-
-/// Feeds one subscriber: the events after `after` that pass `filter`, then
-/// each new one, until the subscriber goes away. The ledger numbers events in
-/// commit order, so reading `seq > cursor` never skips one that commits later.
+/// Feeds one subscriber: the events after `after` that pass `filter`, read
+/// from the ledger, then each new one from this replica's event feed, until
+/// the subscriber goes away. It joins the feed before it reads, and events
+/// are numbered in commit order without gaps, so none is missed or sent
+/// twice; one that falls too far behind the feed reads from the ledger again.
 async fn stream_events(
     ledger: Ledger,
     filter: ledger::EventFilter,
@@ -475,47 +473,78 @@ async fn stream_events(
     sender: tokio::sync::mpsc::Sender<Result<pb::WatchEventsResponse, Status>>,
 ) {
     const PAGE: i64 = 500;
-    let written = ledger.events_written();
-    loop {
-        // Registered before the read, so a commit between the two still wakes us.
-        let woken = written.notified();
-        let events = match ledger.events_after(after, &filter, PAGE).await {
-            Ok(events) => events,
-            Err(err) => {
-                let status = Status::from(ApiError::LedgerUnavailable { detail: err.to_string() });
-                let _ = sender.send(Err(status)).await;
-                return;
-            }
-        };
-        let full = events.len() as i64 == PAGE;
-        for event in events {
-            after = event.seq;
-            if !filter.kinds.is_empty() && !filter.kinds.contains(&event.kind) {
-                continue;
-            }
-            let event = pb::LedgerEvent {
-                cursor: format!("e1.{}", event.seq),
-                sequence: event.seq,
-                time: convert::timestamp(event.at_ms),
-                app_id: event.app_id,
-                user_id: event.user_id,
-                kind: event.kind,
-                purchase_id: event.purchase_id,
-                detail: event.detail,
+    let unavailable = |detail: String| Status::from(ApiError::LedgerUnavailable { detail });
+    'resubscribe: loop {
+        let mut feed = ledger.subscribe_events();
+        loop {
+            let events = match ledger.events_after(after, &filter, PAGE).await {
+                Ok(events) => events,
+                Err(err) => {
+                    let _ = sender.send(Err(unavailable(err.to_string()))).await;
+                    return;
+                }
             };
-            if sender.send(Ok(pb::WatchEventsResponse { event: Some(event) })).await.is_err() {
-                return;
+            let full = events.len() as i64 == PAGE;
+            for event in events {
+                after = event.seq;
+                if !deliver(&sender, &filter, &event).await {
+                    return;
+                }
+            }
+            if !full {
+                break;
             }
         }
-        if full {
-            continue;
-        }
-        tokio::select! {
-            () = woken => {}
-            () = tokio::time::sleep(EVENT_POLL) => {}
-            () = sender.closed() => return,
+        loop {
+            let published = tokio::select! {
+                published = feed.recv() => published,
+                () = sender.closed() => return,
+            };
+            match published {
+                Ok(Ok(events)) => {
+                    for event in events.iter() {
+                        if event.seq <= after {
+                            continue;
+                        }
+                        after = event.seq;
+                        let wanted = event.app_id == filter.app_id
+                            && (filter.user_id.is_empty() || event.user_id == filter.user_id);
+                        if wanted && !deliver(&sender, &filter, event).await {
+                            return;
+                        }
+                    }
+                }
+                Ok(Err(detail)) => {
+                    let _ = sender.send(Err(unavailable(detail))).await;
+                    return;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue 'resubscribe,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
         }
     }
+}
+
+/// Sends one event if its kind is wanted; false once the subscriber is gone.
+async fn deliver(
+    sender: &tokio::sync::mpsc::Sender<Result<pb::WatchEventsResponse, Status>>,
+    filter: &ledger::EventFilter,
+    event: &ledger::Event,
+) -> bool {
+    if !filter.kinds.is_empty() && !filter.kinds.contains(&event.kind) {
+        return true;
+    }
+    let event = pb::LedgerEvent {
+        cursor: format!("e1.{}", event.seq),
+        sequence: event.seq,
+        time: convert::timestamp(event.at_ms),
+        app_id: event.app_id.clone(),
+        user_id: event.user_id.clone(),
+        kind: event.kind.clone(),
+        purchase_id: event.purchase_id.clone(),
+        detail: event.detail.clone(),
+    };
+    sender.send(Ok(pb::WatchEventsResponse { event: Some(event) })).await.is_ok()
 }
 
 fn store_info(store: &StorePlugin) -> pb::StoreInfo {

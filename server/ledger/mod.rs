@@ -22,6 +22,8 @@ use crate::config::{AcknowledgeMode, AcknowledgePolicy, ClaimPolicy, LedgerConfi
 use crate::pb;
 
 mod batch;
+mod feed;
+mod lookup;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("server/ledger/migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("server/ledger/migrations/postgres");
@@ -144,6 +146,10 @@ pub struct Ledger {
     acknowledgements_due: Arc<Notify>,
     /// The writer that records Verifies in batches.
     recorder: tokio::sync::mpsc::Sender<batch::Pending>,
+    /// Every event this replica reads, for its subscribers.
+    feed: tokio::sync::broadcast::Sender<feed::Published>,
+    /// The reader that asks for final purchases in batches.
+    lookups: tokio::sync::mpsc::Sender<lookup::Lookup>,
 }
 
 /// The kinds of events the ledger writes.
@@ -407,6 +413,8 @@ impl Ledger {
         let wake = batch::Wake { events: events_written.clone(), acknowledgements: acknowledgements_due.clone() };
         let ledger = Ledger {
             recorder: batch::spawn(pool.clone(), backend, wake),
+            lookups: lookup::spawn(pool.clone(), backend),
+            feed: feed::spawn(pool.clone(), events_written.clone()).await,
             acknowledgements_due,
             pool,
             backend,
@@ -776,20 +784,7 @@ impl Ledger {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let events = rows
-            .iter()
-            .map(|row| {
-                Ok(Event {
-                    seq: row.try_get("seq")?,
-                    at_ms: row.try_get("at_ms")?,
-                    app_id: row.try_get("app_id")?,
-                    user_id: row.try_get("user_id")?,
-                    kind: row.try_get("kind")?,
-                    purchase_id: row.try_get("purchase_id")?,
-                    detail: row.try_get("detail")?,
-                })
-            })
-            .collect::<Result<Vec<_>, LedgerError>>()?;
+        let events = rows.iter().map(event_of).collect::<Result<Vec<_>, LedgerError>>()?;
         Ok(events)
     }
 
@@ -804,24 +799,21 @@ impl Ledger {
         proof_hash: &ProofHash,
         checked_since: i64,
     ) -> Result<Option<FinalAnswer>, LedgerError> {
-        let row = sqlx::query(
-            "SELECT verdict, consumed_ms, acknowledged_ms, raw_store_response, store_checked_ms, last_purchase \
-             FROM purchases WHERE store = $1 AND app_id = $2 AND proof_hash = $3 AND product_id = $4 \
-             AND store_checked_ms >= $5 \
-             AND (verdict = 'VERDICT_REFUNDED' OR verdict = 'VERDICT_CANCELED' OR consumed_ms IS NOT NULL) LIMIT 1",
-        )
-        .bind(store)
-        .bind(app_id)
-        .bind(&proof_hash.0)
-        .bind(product_id)
-        .bind(checked_since)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let consumed = row.try_get::<Option<i64>, _>("consumed_ms")?.is_some();
-        let acknowledged = row.try_get::<Option<i64>, _>("acknowledged_ms")?.is_some();
-        let described: Option<String> = row.try_get("last_purchase")?;
-        let purchase = described.and_then(|text| unhex(&text)).and_then(|bytes| {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let lookup = lookup::Lookup {
+            store: store.to_owned(),
+            app_id: app_id.to_owned(),
+            product_id: product_id.to_owned(),
+            proof_hash: proof_hash.0.clone(),
+            checked_since,
+            reply,
+        };
+        let gone = || LedgerError::Unavailable("the ledger's reader has stopped".to_owned());
+        self.lookups.send(lookup).await.map_err(|_| gone())?;
+        let Some(row) = answer.await.map_err(|_| gone())?? else { return Ok(None) };
+        let consumed = row.consumed_ms.is_some();
+        let acknowledged = row.acknowledged_ms.is_some();
+        let purchase = row.last_purchase.and_then(|text| unhex(&text)).and_then(|bytes| {
             let mut purchase = <pb::Purchase as prost::Message>::decode(bytes.as_slice()).ok()?;
             if consumed {
                 purchase.set_consumption_state(pb::ConsumptionState::Consumed);
@@ -833,12 +825,12 @@ impl Ledger {
             }
             Some(purchase)
         });
-        let raw_store_response: String = row.try_get("raw_store_response")?;
+        let raw_store_response = row.raw_store_response;
         Ok(Some(FinalAnswer {
-            verdict: row.try_get("verdict")?,
+            verdict: row.verdict,
             consumed,
             purchase: purchase.map(|purchase| pb::Purchase { raw_store_response, ..purchase }),
-            store_checked_ms: row.try_get("store_checked_ms")?,
+            store_checked_ms: row.store_checked_ms,
         }))
     }
 
@@ -960,9 +952,11 @@ impl Ledger {
         Ok(counts)
     }
 
-    /// Resolves after the next commit on this replica that wrote events.
-    pub fn events_written(&self) -> Arc<Notify> {
-        self.events_written.clone()
+    /// The events this replica reads from now on, every app's, in order;
+    /// `Err` when the ledger could not be read. A receiver that falls too far
+    /// behind gets `Lagged` and reads from the database instead.
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<Result<Arc<[Event]>, String>> {
+        self.feed.subscribe()
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, LedgerError> {
@@ -1035,6 +1029,18 @@ impl Ledger {
         .await?;
         Ok(())
     }
+}
+
+fn event_of(row: &sqlx::any::AnyRow) -> Result<Event, LedgerError> {
+    Ok(Event {
+        seq: row.try_get("seq")?,
+        at_ms: row.try_get("at_ms")?,
+        app_id: row.try_get("app_id")?,
+        user_id: row.try_get("user_id")?,
+        kind: row.try_get("kind")?,
+        purchase_id: row.try_get("purchase_id")?,
+        detail: row.try_get("detail")?,
+    })
 }
 
 /// A write transaction. SQLite takes its write lock at the start, so that

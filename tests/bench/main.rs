@@ -1309,14 +1309,15 @@ async fn event_latency() {
         "| ledger | from the Verify's answer: p50 | p99 | from its request (bounds the commit): p50 | p99 | deliveries |"
     );
     println!("|---|---|---|---|---|---|");
-    for (what, ledger, other_replica) in setups {
+    for (setup, (what, ledger, other_replica)) in setups.into_iter().enumerate() {
         let (writer, _, _, _dir) = start_iapd_with_ledger(true, &ledger).await;
         let watched = match &other_replica {
             Some(ledger) => Some(start_iapd_with_ledger(true, ledger).await),
             None => None,
         };
         let watched_address = watched.as_ref().map_or(writer, |(address, ..)| *address);
-        let app = format!("com.example.events{}", std::process::id());
+        // An app of its own: the PostgreSQL setups share a database.
+        let app = format!("com.example.events{}.{setup}", std::process::id());
         let mut arrivals = Vec::new();
         for index in 0..SUBSCRIBERS {
             // Four connections, as a backend's pool would have.
