@@ -2,6 +2,11 @@
 -- count that lets a batch number history entries without reading them. Kept
 -- in step with ../sqlite/0005_revocations_and_acknowledgements.sql.
 
+-- The purchase id is a hash of (store, app_id, store_key), so its primary key
+-- already makes them unique; the second index only cost every insert a write
+-- and tempted the planner to look proofs up by its prefix.
+ALTER TABLE purchases DROP CONSTRAINT purchases_store_app_id_store_key_key;
+
 -- How many history entries a purchase has.
 ALTER TABLE purchases ADD COLUMN history_count BIGINT NOT NULL DEFAULT 0;
 UPDATE purchases SET history_count =
