@@ -72,42 +72,68 @@ pub(super) struct AutoAcknowledge {
 
 /// Starts the writer of `pool`; it stops when the last sender is dropped.
 pub(super) fn spawn(pool: AnyPool, backend: Backend, wake: Wake) -> mpsc::Sender<Pending> {
-    let (sender, mut queue) = mpsc::channel::<Pending>(QUEUE);
-    tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            // A caller that gave up (its deadline passed) was answered
-            // without a decision, so there is nothing to record for it.
-            batch.retain(|pending: &Pending| !pending.reply.is_closed());
-            if batch.is_empty() {
-                continue;
-            }
-            tracing::debug!(verifies = batch.len(), "recording a batch");
-            let outcome = write_retrying(&pool, backend, &batch).await;
-            let outcomes: Vec<Result<Recorded, LedgerError>> = match outcome {
-                Ok(written) => wake.after(written).into_iter().map(Ok).collect(),
-                // One bad Verify must not fail the others: each alone.
-                Err(_) if batch.len() > 1 => {
-                    let mut each = Vec::with_capacity(batch.len());
-                    for pending in &batch {
-                        each.push(match write_retrying(&pool, backend, std::slice::from_ref(pending)).await {
-                            Ok(written) => wake
-                                .after(written)
-                                .pop()
-                                .ok_or_else(|| LedgerError::Unavailable("a batch of one recorded nothing".to_owned())),
-                            Err(error) => Err(error),
-                        });
-                    }
-                    each
-                }
-                Err(error) => vec![Err(error)],
-            };
-            for (pending, outcome) in batch.drain(..).zip(outcomes) {
-                let _ = pending.reply.send(outcome);
-            }
-        }
-    });
+    let (sender, queue) = mpsc::channel::<Pending>(QUEUE);
+    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(queue));
+    let wake = std::sync::Arc::new(wake);
+    // PostgreSQL: two writers, so that one batch's statements travel while
+    // the other's commit is flushed (their rows lock in one order, and the
+    // sequence row still numbers events in commit order). SQLite has one
+    // write lock, which a second writer could only wait for.
+    let writers = match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 2,
+    };
+    for _ in 0..writers {
+        tokio::spawn(run(pool.clone(), backend, wake.clone(), queue.clone()));
+    }
     sender
+}
+
+async fn run(
+    pool: AnyPool,
+    backend: Backend,
+    wake: std::sync::Arc<Wake>,
+    queue: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if queue.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        // A caller that gave up (its deadline passed) was answered
+        // without a decision, so there is nothing to record for it.
+        batch.retain(|pending: &Pending| !pending.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        tracing::debug!(verifies = batch.len(), "recording a batch");
+        let outcome = write_retrying(&pool, backend, &batch).await;
+        let outcomes: Vec<Result<Recorded, LedgerError>> = match outcome {
+            Ok(written) => wake.after(written).into_iter().map(Ok).collect(),
+            // One Verify the database refuses must not fail the others:
+            // each alone. (A database out of reach fails them all.)
+            Err(sqlx::Error::Database(_)) if batch.len() > 1 => {
+                let mut each = Vec::with_capacity(batch.len());
+                for pending in &batch {
+                    each.push(match write_retrying(&pool, backend, std::slice::from_ref(pending)).await {
+                        Ok(written) => wake
+                            .after(written)
+                            .pop()
+                            .ok_or_else(|| LedgerError::Unavailable("a batch of one recorded nothing".to_owned())),
+                        Err(error) => Err(error.into()),
+                    });
+                }
+                each
+            }
+            Err(error) => {
+                let error = LedgerError::from(error);
+                batch.iter().map(|_| Err(LedgerError::Unavailable(error.to_string()))).collect()
+            }
+        };
+        for (pending, outcome) in batch.drain(..).zip(outcomes) {
+            let _ = pending.reply.send(outcome);
+        }
+    }
 }
 
 /// Who is woken after a commit.
@@ -140,12 +166,12 @@ struct Written {
     acknowledgements_due: bool,
 }
 
-async fn write_retrying(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Written, LedgerError> {
+async fn write_retrying(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Written, sqlx::Error> {
     let mut tries = 0;
     loop {
         match write(pool, backend, batch).await {
             Err(Failed::Deadlock(_)) if tries < DEADLOCK_RETRIES => tries += 1,
-            Err(Failed::Deadlock(error) | Failed::Other(error)) => return Err(error.into()),
+            Err(Failed::Deadlock(error) | Failed::Other(error)) => return Err(error),
             Ok(done) => return Ok(done),
         }
     }
@@ -677,6 +703,7 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Wr
             })
             .collect();
         sqlx::query(sql.insert_events).bind(json(&entries)?).bind(now).execute(&mut *tx).await?;
+        super::announce(&mut tx, backend).await?;
     }
     tx.commit().await?;
     Ok(Written { recorded, wrote_events, acknowledgements_due })

@@ -1,7 +1,9 @@
 //! This replica's feed of ledger events: one task reads each commit's events
-//! once (woken by this replica's commits, and every 200 ms for the other
-//! replicas') and hands them to every subscriber, so that a hundred
-//! subscribers cost one read per commit, not a hundred.
+//! once and hands them to every subscriber, so that a hundred subscribers
+//! cost one read per commit, not a hundred. It reads when this replica
+//! commits events, when another replica does (PostgreSQL's `NOTIFY`, sent in
+//! the committing transaction, so it arrives after the commit), and every
+//! 200 ms in case a notification was lost with a connection.
 //!
 //! The feed reads events by number from where it started, and numbers are
 //! taken without gaps in commit order, so it publishes every event after its
@@ -17,8 +19,11 @@ use tokio::sync::{Notify, broadcast};
 
 use super::{Event, LedgerError};
 
-/// How often the feed looks for other replicas' events.
+/// How often the feed looks for events no notification announced.
 const POLL: Duration = Duration::from_millis(200);
+
+/// The PostgreSQL channel replicas announce their events on.
+pub(super) const CHANNEL: &str = "iapd_ledger_events";
 
 /// The most events one read takes.
 const PAGE: i64 = 1000;
@@ -31,7 +36,13 @@ const BACKLOG: usize = 1024;
 pub(super) type Published = Result<Arc<[Event]>, String>;
 
 /// Starts the feed of `pool`'s events, from the last event committed now.
-pub(super) async fn spawn(pool: AnyPool, written: Arc<Notify>) -> broadcast::Sender<Published> {
+/// `postgres_url` is the ledger's database when it is PostgreSQL, whose
+/// other replicas' notifications the feed listens for.
+pub(super) async fn spawn(
+    pool: AnyPool,
+    written: Arc<Notify>,
+    postgres_url: Option<String>,
+) -> broadcast::Sender<Published> {
     let (sender, _) = broadcast::channel(BACKLOG);
     // (Before the migrations of a new ledger there is no row: it starts at 0.)
     let start: i64 = sqlx::query("SELECT value FROM ledger_sequence WHERE name = 'events'")
@@ -42,6 +53,10 @@ pub(super) async fn spawn(pool: AnyPool, written: Arc<Notify>) -> broadcast::Sen
         .and_then(|row| row.try_get("value").ok())
         .unwrap_or(0);
     let feed = sender.clone();
+    let mut listener = match postgres_url {
+        Some(url) => listen(&url).await,
+        None => None,
+    };
     tokio::spawn(async move {
         let mut after = start;
         loop {
@@ -63,13 +78,42 @@ pub(super) async fn spawn(pool: AnyPool, written: Arc<Notify>) -> broadcast::Sen
                 }
                 Err(_) => {}
             }
+            let announced = async {
+                match &mut listener {
+                    // It reconnects by itself; what it missed meanwhile, the poll reads.
+                    Some(listener) => {
+                        let _ = listener.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = woken => {}
+                () = announced => {}
                 () = tokio::time::sleep(POLL) => {}
             }
         }
     });
     sender
+}
+
+/// A connection listening for other replicas' events; without one the feed
+/// polls.
+async fn listen(url: &str) -> Option<sqlx::postgres::PgListener> {
+    let mut listener = match sqlx::postgres::PgListener::connect(url).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::warn!(%err, "cannot listen for other replicas' ledger events; polling for them");
+            return None;
+        }
+    };
+    match listener.listen(CHANNEL).await {
+        Ok(()) => Some(listener),
+        Err(err) => {
+            tracing::warn!(%err, "cannot listen for other replicas' ledger events; polling for them");
+            None
+        }
+    }
 }
 
 async fn read(pool: &AnyPool, after: i64) -> Result<Vec<Event>, LedgerError> {

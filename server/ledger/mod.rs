@@ -414,7 +414,12 @@ impl Ledger {
         let ledger = Ledger {
             recorder: batch::spawn(pool.clone(), backend, wake),
             lookups: lookup::spawn(pool.clone(), backend),
-            feed: feed::spawn(pool.clone(), events_written.clone()).await,
+            feed: feed::spawn(
+                pool.clone(),
+                events_written.clone(),
+                (backend == Backend::Postgres).then(|| url.clone()),
+            )
+            .await,
             acknowledgements_due,
             pool,
             backend,
@@ -595,6 +600,7 @@ impl Ledger {
         .await?;
         self.history(&mut tx, purchase_id, now, "grant_started", format!("{grant_id} to {user_id}")).await?;
         self.event(&mut tx, now, &app_id, user_id, "grant_started", purchase_id, grant_id.clone()).await?;
+        announce(&mut tx, self.backend).await?;
         tx.commit().await?;
         self.events_written.notify_waiters();
         Ok(Grant { grant_id, state: GrantState::Started, started_ms: now })
@@ -644,6 +650,7 @@ impl Ledger {
         let user_id: String = row.try_get("user_id")?;
         self.history(&mut tx, &purchase_id, now, "granted", format!("{grant_id} to {user_id}")).await?;
         self.event(&mut tx, now, &app_id, &user_id, "granted", &purchase_id, grant_id.to_owned()).await?;
+        announce(&mut tx, self.backend).await?;
         tx.commit().await?;
         self.events_written.notify_waiters();
         Ok(false)
@@ -688,6 +695,9 @@ impl Ledger {
             self.history(&mut tx, &purchase_id, now, kind, String::new()).await?;
             self.event(&mut tx, now, app_id, owner.as_deref().unwrap_or(""), kind, &purchase_id, String::new()).await?;
             recorded = Some(purchase_id);
+        }
+        if recorded.is_some() {
+            announce(&mut tx, self.backend).await?;
         }
         tx.commit().await?;
         if recorded.is_some() {
@@ -1041,6 +1051,15 @@ fn event_of(row: &sqlx::any::AnyRow) -> Result<Event, LedgerError> {
         purchase_id: row.try_get("purchase_id")?,
         detail: row.try_get("detail")?,
     })
+}
+
+/// Tells the other replicas (PostgreSQL) that this transaction wrote events:
+/// the notification is delivered when it commits.
+async fn announce(tx: &mut sqlx::Transaction<'_, sqlx::Any>, backend: Backend) -> Result<(), sqlx::Error> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_notify($1, '')").bind(feed::CHANNEL).execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// A write transaction. SQLite takes its write lock at the start, so that
