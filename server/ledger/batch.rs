@@ -73,31 +73,16 @@ pub(super) struct AutoAcknowledge {
 /// Starts the writer of `pool`; it stops when the last sender is dropped.
 pub(super) fn spawn(pool: AnyPool, backend: Backend, wake: Wake) -> mpsc::Sender<Pending> {
     let (sender, queue) = mpsc::channel::<Pending>(QUEUE);
-    let queue = std::sync::Arc::new(tokio::sync::Mutex::new(queue));
-    let wake = std::sync::Arc::new(wake);
-    // PostgreSQL: two writers, so that one batch's statements travel while
-    // the other's commit is flushed (their rows lock in one order, and the
-    // sequence row still numbers events in commit order). SQLite has one
-    // write lock, which a second writer could only wait for.
-    let writers = match backend {
-        Backend::Sqlite => 1,
-        Backend::Postgres => 2,
-    };
-    for _ in 0..writers {
-        tokio::spawn(run(pool.clone(), backend, wake.clone(), queue.clone()));
-    }
+    // One writer: SQLite has one write lock, and on PostgreSQL a second
+    // writer measured no faster (BENCHMARKS.md (6)).
+    tokio::spawn(run(pool, backend, wake, queue));
     sender
 }
 
-async fn run(
-    pool: AnyPool,
-    backend: Backend,
-    wake: std::sync::Arc<Wake>,
-    queue: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
-) {
+async fn run(pool: AnyPool, backend: Backend, wake: Wake, mut queue: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        if queue.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
         }
         // A caller that gave up (its deadline passed) was answered
