@@ -314,20 +314,30 @@ struct NewPurchase<'a> {
     kind: &'a str,
 }
 
+impl<'a> NewPurchase<'a> {
+    /// The purchase as `pending` describes it.
+    fn of(pending: &'a Pending) -> NewPurchase<'a> {
+        NewPurchase {
+            purchase_id: &pending.purchase_id,
+            store: &pending.store,
+            app_id: &pending.app_id,
+            product_id: &pending.product_id,
+            store_key: &pending.store_key,
+            proof_hash: &pending.proof_hash,
+            verdict: pending.verdict,
+            state: pending.state,
+            environment: pending.environment,
+            kind: pending.kind,
+        }
+    }
+}
+
 /// A purchase's row as the batch leaves it.
 #[derive(Serialize)]
 struct PurchaseRow<'a> {
-    purchase_id: &'a str,
-    store: &'a str,
-    app_id: &'a str,
-    product_id: &'a str,
-    store_key: &'a str,
-    proof_hash: &'a str,
+    #[serde(flatten)]
+    purchase: NewPurchase<'a>,
     owner_user_id: Option<String>,
-    verdict: &'a str,
-    state: &'a str,
-    environment: &'a str,
-    kind: &'a str,
     expiry_ms: Option<i64>,
     /// `None` keeps what the store said before (this batch's Verifies of it
     /// were all answered from the ledger); the columns below go with it.
@@ -346,22 +356,15 @@ struct HistoryEntry<'a> {
     detail: String,
 }
 
+#[derive(Serialize)]
 struct NewEvent<'a> {
+    /// Its number, once the batch has taken its numbers.
+    seq: i64,
     app_id: &'a str,
     user_id: String,
     kind: &'static str,
     purchase_id: &'a str,
     detail: String,
-}
-
-#[derive(Serialize)]
-struct EventEntry<'a> {
-    seq: i64,
-    app_id: &'a str,
-    user_id: &'a str,
-    kind: &'static str,
-    purchase_id: &'a str,
-    detail: &'a str,
 }
 
 #[derive(Serialize)]
@@ -430,21 +433,7 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Wr
             sqlx::query(sql.take_purchases).bind(json(&ids)?).fetch_all(&mut *tx).await?
         }
         Backend::Postgres => {
-            let new: Vec<NewPurchase<'_>> = first
-                .values()
-                .map(|p| NewPurchase {
-                    purchase_id: &p.purchase_id,
-                    store: &p.store,
-                    app_id: &p.app_id,
-                    product_id: &p.product_id,
-                    store_key: &p.store_key,
-                    proof_hash: &p.proof_hash,
-                    verdict: p.verdict,
-                    state: p.state,
-                    environment: p.environment,
-                    kind: p.kind,
-                })
-                .collect();
+            let new: Vec<NewPurchase<'_>> = first.values().map(|pending| NewPurchase::of(pending)).collect();
             sqlx::query(sql.take_purchases).bind(json(&new)?).bind(now).fetch_all(&mut *tx).await?
         }
     };
@@ -518,6 +507,7 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Wr
             return Err(Failed::Other(sqlx::Error::RowNotFound));
         };
         let event = |kind: &'static str, detail: String| NewEvent {
+            seq: 0,
             app_id: &pending.app_id,
             user_id: pending.user_id.clone(),
             kind,
@@ -606,6 +596,7 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Wr
             purchase.note(&mut history, id, "grant_revoked", format!("{grant_id} of {user_id}"));
             // The grantee's event, so that a backend watching that user sees it.
             events.push(NewEvent {
+                seq: 0,
                 app_id: &pending.app_id,
                 user_id,
                 kind: "grant_revoked",
@@ -634,17 +625,8 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Wr
             });
         }
         rows.push(PurchaseRow {
-            purchase_id: id,
-            store: &first.store,
-            app_id: &first.app_id,
-            product_id: &first.product_id,
-            store_key: &first.store_key,
-            proof_hash: &first.proof_hash,
+            purchase: NewPurchase { verdict: last.verdict, state: last.state, ..NewPurchase::of(first) },
             owner_user_id: purchase.owner.clone(),
-            verdict: last.verdict,
-            state: last.state,
-            environment: first.environment,
-            kind: first.kind,
             expiry_ms: last.expiry_ms,
             store_checked_ms: checked.map(|_| now),
             last_purchase: checked.and_then(|pending| pending.checked.as_ref()).and_then(Option::as_deref),
@@ -675,19 +657,10 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Wr
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get("value")?;
-        let entries: Vec<EventEntry<'_>> = events
-            .iter()
-            .zip(last - count + 1..)
-            .map(|(event, seq)| EventEntry {
-                seq,
-                app_id: event.app_id,
-                user_id: &event.user_id,
-                kind: event.kind,
-                purchase_id: event.purchase_id,
-                detail: &event.detail,
-            })
-            .collect();
-        sqlx::query(sql.insert_events).bind(json(&entries)?).bind(now).execute(&mut *tx).await?;
+        for (event, seq) in events.iter_mut().zip(last - count + 1..) {
+            event.seq = seq;
+        }
+        sqlx::query(sql.insert_events).bind(json(&events)?).bind(now).execute(&mut *tx).await?;
         super::announce(&mut tx, backend).await?;
     }
     tx.commit().await?;

@@ -28,6 +28,28 @@ struct PlayEnv {
 }
 
 fn start() -> PlayEnv {
+    let configured = configured("");
+    let server = Server::start(Some(&configured.config), &[]);
+    PlayEnv {
+        emulator: configured.emulator,
+        running: configured.running,
+        server,
+        key_file: configured.key_file,
+        _sandbox: configured.sandbox,
+    }
+}
+
+/// The emulator on a free port, and a config (with `rest` appended) for the
+/// Google Play store pointed at it.
+pub(crate) struct Configured {
+    pub(crate) emulator: Arc<GooglePlay>,
+    pub(crate) running: iapd_emulators::Running,
+    pub(crate) sandbox: Sandbox,
+    pub(crate) config: PathBuf,
+    pub(crate) key_file: PathBuf,
+}
+
+pub(crate) fn configured(rest: &str) -> Configured {
     let fixtures = root().join("tests/fixtures/google-play");
     let key = std::fs::read_to_string(fixtures.join("service-account.json")).unwrap();
     let emulator = Arc::new(GooglePlay::with_default_state());
@@ -46,9 +68,8 @@ fn start() -> PlayEnv {
         .unwrap()
         .replace("127.0.0.1:8095", &address)
         .replace("tests/fixtures/google-play/service-account.json", &key_file.display().to_string());
-    let config = sandbox.write_config(&stores);
-    let server = Server::start(Some(&config), &[]);
-    PlayEnv { emulator, running, server, key_file, _sandbox: sandbox }
+    let config = sandbox.write_config(&format!("{stores}{rest}"));
+    Configured { emulator, running, sandbox, config, key_file }
 }
 
 fn verify(product: &str, purchase_token: &str, user: &str) -> pb::VerifyRequest {

@@ -769,26 +769,13 @@ const PACKAGE: &str = "com.example.game";
 
 impl PlayLedger {
     fn start(ledger: &str) -> PlayLedger {
-        use crate::support::root;
-        let fixtures = root().join("tests/fixtures/google-play");
-        let key = std::fs::read_to_string(fixtures.join("service-account.json")).unwrap();
-        let emulator = std::sync::Arc::new(iapd_emulators::google_play::GooglePlay::with_default_state());
-        emulator.add_service_account(&key).unwrap();
-        let running = iapd_emulators::spawn(emulator.clone()).unwrap();
-        let address = running.address.to_string();
-        let sandbox = Sandbox::new();
-        sandbox.add_plugin(
-            &built_plugin("iapd-plugin-google-play"),
-            &libloading::library_filename("iapd_plugin_google_play").to_string_lossy(),
-        );
-        let key_file = sandbox.dir.path().join("service-account.json");
-        std::fs::write(&key_file, key.replace("127.0.0.1:8095", &address)).unwrap();
-        let stores = std::fs::read_to_string(fixtures.join("iapd.toml"))
-            .unwrap()
-            .replace("127.0.0.1:8095", &address)
-            .replace("tests/fixtures/google-play/service-account.json", &key_file.display().to_string());
-        let config = sandbox.write_config(&format!("{stores}\n[ledger]\n{ledger}\n"));
-        PlayLedger { emulator, config, _running: running, _sandbox: sandbox }
+        let configured = crate::google_play::configured(&format!("\n[ledger]\n{ledger}\n"));
+        PlayLedger {
+            emulator: configured.emulator,
+            config: configured.config,
+            _running: configured.running,
+            _sandbox: configured.sandbox,
+        }
     }
 
     /// Puts a purchase of `product` with these `ProductPurchase` fields in
