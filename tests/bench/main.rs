@@ -19,6 +19,14 @@ use iapd_sdk_plugin::proto as plugin;
 use prost::Message;
 
 fn main() {
+    // `BENCH_LOG=iapd=debug` shows what the servers log (the ledger's batch
+    // sizes, say); nothing by default, so the numbers are the point.
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let only = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let wants = |name: &str| only.as_deref().is_none_or(|only| only == name);
