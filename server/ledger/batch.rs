@@ -300,6 +300,31 @@ const POSTGRES: Statements = Statements {
         purchase_id text, detail text)",
 };
 
+/// PostgreSQL: everything a batch writes after its decisions, in one
+/// statement (one round trip instead of six: under load each round trip
+/// also waits for the runtime to poll the writer). Its parameters: the
+/// purchases ($1), now ($2), history ($3), new shares ($4), acknowledgements
+/// to track ($5), events numbered from 1 ($6) and their count ($7); the
+/// sequence row is only taken when there are events.
+static POSTGRES_WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let events = POSTGRES
+        .insert_events
+        .replace("SELECT x.seq,", "SELECT q.value - $7 + x.seq,")
+        .replace("$1", "$6")
+        .replace("detail text)", "detail text) CROSS JOIN q");
+    format!(
+        "WITH w AS ({}), h AS ({}), s AS ({}), a AS ({}), \
+         q AS (UPDATE ledger_sequence SET value = value + $7 WHERE name = 'events' AND $7 > 0 RETURNING value), \
+         e AS ({events}) \
+         SELECT pg_notify('{}', '') FROM q",
+        POSTGRES.write_purchases,
+        POSTGRES.insert_history.replace("$1", "$3"),
+        POSTGRES.insert_shares.replace("$1", "$4"),
+        POSTGRES.track_acknowledgements.replace("$1", "$5"),
+        super::feed::CHANNEL,
+    )
+});
+
 #[derive(Serialize)]
 struct NewPurchase<'a> {
     purchase_id: &'a str,
@@ -635,6 +660,26 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Wr
             history_count: purchase.history_count,
         });
     }
+    let acknowledgements_due = acknowledgements.iter().any(|tracked| tracked.next_attempt_ms <= now);
+    let wrote_events = !events.is_empty();
+    if backend == Backend::Postgres {
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        for (event, nth) in events.iter_mut().zip(1..) {
+            event.seq = nth;
+        }
+        sqlx::query(&POSTGRES_WRITE)
+            .bind(json(&rows)?)
+            .bind(now)
+            .bind(json(&history)?)
+            .bind(json(&new_shares)?)
+            .bind(json(&acknowledgements)?)
+            .bind(json(&events)?)
+            .bind(count)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        return Ok(Written { recorded, wrote_events, acknowledgements_due });
+    }
     sqlx::query(sql.write_purchases).bind(json(&rows)?).bind(now).execute(&mut *tx).await?;
     if !history.is_empty() {
         sqlx::query(sql.insert_history).bind(json(&history)?).bind(now).execute(&mut *tx).await?;
@@ -642,11 +687,9 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Wr
     if !new_shares.is_empty() {
         sqlx::query(sql.insert_shares).bind(json(&new_shares)?).bind(now).execute(&mut *tx).await?;
     }
-    let acknowledgements_due = acknowledgements.iter().any(|tracked| tracked.next_attempt_ms <= now);
     if !acknowledgements.is_empty() {
         sqlx::query(sql.track_acknowledgements).bind(json(&acknowledgements)?).execute(&mut *tx).await?;
     }
-    let wrote_events = !events.is_empty();
     if wrote_events {
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
         // The batch's numbers at once; the row stays locked to the commit, so
@@ -661,7 +704,6 @@ async fn write(pool: &AnyPool, backend: Backend, batch: &[Pending]) -> Result<Wr
             event.seq = seq;
         }
         sqlx::query(sql.insert_events).bind(json(&events)?).bind(now).execute(&mut *tx).await?;
-        super::announce(&mut tx, backend).await?;
     }
     tx.commit().await?;
     Ok(Written { recorded, wrote_events, acknowledgements_due })
