@@ -91,8 +91,9 @@ async fn run(pool: AnyPool, backend: Backend, wake: Wake, mut queue: mpsc::Recei
         if batch.is_empty() {
             continue;
         }
-        tracing::debug!(verifies = batch.len(), "recording a batch");
+        let started = std::time::Instant::now();
         let outcome = write_retrying(&pool, backend, &batch).await;
+        tracing::debug!(verifies = batch.len(), took_us = started.elapsed().as_micros() as u64, "recorded a batch");
         let outcomes: Vec<Result<Recorded, LedgerError>> = match outcome {
             Ok(written) => wake.after(written).into_iter().map(Ok).collect(),
             // One Verify the database refuses must not fail the others:

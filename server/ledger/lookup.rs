@@ -87,10 +87,13 @@ pub(super) fn spawn(pool: AnyPool, backend: Backend) -> mpsc::Sender<Lookup> {
             }
             let keys: BTreeSet<[&str; 3]> =
                 batch.iter().map(|lookup| [lookup.store.as_str(), &lookup.app_id, &lookup.proof_hash]).collect();
+            let started = std::time::Instant::now();
             let rows = match serde_json::to_string(&keys) {
                 Ok(keys) => read(&pool, &statement, keys).await,
                 Err(err) => Err(LedgerError::Unavailable(format!("cannot encode a ledger lookup: {err}"))),
             };
+            let took_us = started.elapsed().as_micros() as u64;
+            tracing::debug!(lookups = batch.len(), took_us, "looked up a batch");
             for lookup in batch.drain(..) {
                 let answer = match &rows {
                     Ok(rows) => Ok(rows.iter().find(|row| row.answers(&lookup)).cloned()),

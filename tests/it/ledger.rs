@@ -250,7 +250,7 @@ async fn verifies_of_one_purchase_committed_together_are_decided_one_after_anoth
         let logs = server.logs();
         let batched = logs
             .lines()
-            .filter(|line| line.contains("recording a batch"))
+            .filter(|line| line.contains("recorded a batch"))
             .filter_map(|line| line.split("verifies=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok())
             .any(|verifies| verifies > 1);
         assert!(batched, "{db_name}: no batch held two verifies:\n{logs}");
