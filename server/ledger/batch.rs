@@ -70,9 +70,16 @@ pub(super) struct AutoAcknowledge {
     pub(super) next_attempt_ms: i64,
 }
 
-/// The writer of `pool`: records what `queue` brings until every sender is
-/// dropped.
-pub(super) async fn run(pool: AnyPool, backend: Backend, wake: Wake, mut queue: mpsc::Receiver<Pending>) {
+/// Starts the writer of `pool`; it stops when the last sender is dropped.
+pub(super) fn spawn(pool: AnyPool, backend: Backend, wake: Wake) -> mpsc::Sender<Pending> {
+    let (sender, queue) = mpsc::channel::<Pending>(QUEUE);
+    // One writer: SQLite has one write lock, and on PostgreSQL a second
+    // writer measured no faster (BENCHMARKS.md (6)).
+    tokio::spawn(run(pool, backend, wake, queue));
+    sender
+}
+
+async fn run(pool: AnyPool, backend: Backend, wake: Wake, mut queue: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {

@@ -17,7 +17,7 @@ const MAX_BATCH: usize = 256;
 
 /// Questions waiting for the reader beyond this wait to queue, within their
 /// callers' deadlines.
-pub(super) const QUEUE: usize = 4096;
+const QUEUE: usize = 4096;
 
 /// One Verify's question.
 #[derive(Debug)]
@@ -62,9 +62,9 @@ const COLUMNS: &str = "p.store, p.app_id, p.proof_hash, p.product_id, p.verdict,
 const FINAL: &str = "p.store_checked_ms IS NOT NULL \
      AND (p.verdict = 'VERDICT_REFUNDED' OR p.verdict = 'VERDICT_CANCELED' OR p.consumed_ms IS NOT NULL)";
 
-/// The reader of `pool`: answers what `queue` brings until every sender is
-/// dropped.
-pub(super) async fn run(pool: AnyPool, backend: Backend, mut queue: mpsc::Receiver<Lookup>) {
+/// Starts the reader of `pool`; it stops when the last sender is dropped.
+pub(super) fn spawn(pool: AnyPool, backend: Backend) -> mpsc::Sender<Lookup> {
+    let (sender, mut queue) = mpsc::channel::<Lookup>(QUEUE);
     // Each by the index on (store, app_id, proof_hash), the questions the
     // outer loop (SQLite's CROSS JOIN keeps that order).
     let statement = match backend {
@@ -78,29 +78,32 @@ pub(super) async fn run(pool: AnyPool, backend: Backend, mut queue: mpsc::Receiv
              ON p.store = x.value->>0 AND p.app_id = x.value->>1 AND p.proof_hash = x.value->>2 WHERE {FINAL}"
         ),
     };
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        batch.retain(|lookup: &Lookup| !lookup.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let keys: BTreeSet<[&str; 3]> =
-            batch.iter().map(|lookup| [lookup.store.as_str(), &lookup.app_id, &lookup.proof_hash]).collect();
-        let started = std::time::Instant::now();
-        let rows = match serde_json::to_string(&keys) {
-            Ok(keys) => read(&pool, &statement, keys).await,
-            Err(err) => Err(LedgerError::Unavailable(format!("cannot encode a ledger lookup: {err}"))),
-        };
-        let took_us = started.elapsed().as_micros() as u64;
-        tracing::debug!(lookups = batch.len(), took_us, "looked up a batch");
-        for lookup in batch.drain(..) {
-            let answer = match &rows {
-                Ok(rows) => Ok(rows.iter().find(|row| row.answers(&lookup)).cloned()),
-                Err(err) => Err(LedgerError::Unavailable(err.to_string())),
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            batch.retain(|lookup: &Lookup| !lookup.reply.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
+            let keys: BTreeSet<[&str; 3]> =
+                batch.iter().map(|lookup| [lookup.store.as_str(), &lookup.app_id, &lookup.proof_hash]).collect();
+            let started = std::time::Instant::now();
+            let rows = match serde_json::to_string(&keys) {
+                Ok(keys) => read(&pool, &statement, keys).await,
+                Err(err) => Err(LedgerError::Unavailable(format!("cannot encode a ledger lookup: {err}"))),
             };
-            let _ = lookup.reply.send(answer);
+            let took_us = started.elapsed().as_micros() as u64;
+            tracing::debug!(lookups = batch.len(), took_us, "looked up a batch");
+            for lookup in batch.drain(..) {
+                let answer = match &rows {
+                    Ok(rows) => Ok(rows.iter().find(|row| row.answers(&lookup)).cloned()),
+                    Err(err) => Err(LedgerError::Unavailable(err.to_string())),
+                };
+                let _ = lookup.reply.send(answer);
+            }
         }
-    }
+    });
+    sender
 }
 
 async fn read(pool: &AnyPool, statement: &str, keys: String) -> Result<Vec<FinalRow>, LedgerError> {

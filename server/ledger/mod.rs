@@ -371,8 +371,34 @@ impl Ledger {
                 .map_err(|_| open_error(format!("no connection within {} s", OPEN_TIMEOUT.as_secs())))?
                 .map_err(|err| open_error(err.to_string()))?;
         sqlx::Connection::close(probe).await.map_err(|err| open_error(err.to_string()))?;
-        let pool = pool_options(backend, if backend == Backend::Sqlite { 4 } else { config.max_connections })
-            .connect_with(options.clone())
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { config.max_connections })
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    let settings: &[&str] = match backend {
+                        // Statement journals (every multi-row statement in a
+                        // transaction keeps one) in memory, not in temporary
+                        // files; and a page cache that holds the hot indexes.
+                        Backend::Sqlite => &["PRAGMA temp_store = MEMORY", "PRAGMA cache_size = -16384"],
+                        // Plan each statement for the table as it is now. A
+                        // connection's cached generic plan is chosen once and
+                        // kept: made while the ledger is empty it scans the
+                        // wrong index forever (18 ms a lookup at 50,000 rows
+                        // instead of 0.07 ms).
+                        Backend::Postgres => &["SET plan_cache_mode = force_custom_plan"],
+                    };
+                    for setting in settings {
+                        sqlx::Executor::execute(&mut *connection, *setting).await?;
+                    }
+                    Ok(())
+                })
+            })
+            // Waiting for a connection is bounded by each call's own deadline
+            // (the service times every ledger operation out at it), not here:
+            // a burst of calls that answer together queues for SQLite's one
+            // writer longer than any fixed wait would guess.
+            .acquire_timeout(Duration::from_secs(600))
+            .connect_with(options)
             .await
             .map_err(|err| open_error(err.to_string()))?;
         if backend == Backend::Sqlite {
@@ -385,10 +411,9 @@ impl Ledger {
         let events_written = Arc::new(Notify::new());
         let acknowledgements_due = Arc::new(Notify::new());
         let wake = batch::Wake { events: events_written.clone(), acknowledgements: acknowledgements_due.clone() };
-        let (recorder, lookups) = spawn_batches(options, backend, wake).await.map_err(open_error)?;
         let ledger = Ledger {
-            recorder,
-            lookups,
+            recorder: batch::spawn(pool.clone(), backend, wake),
+            lookups: lookup::spawn(pool.clone(), backend),
             feed: feed::spawn(
                 pool.clone(),
                 events_written.clone(),
@@ -1026,80 +1051,6 @@ fn event_of(row: &sqlx::any::AnyRow) -> Result<Event, LedgerError> {
         purchase_id: row.try_get("purchase_id")?,
         detail: row.try_get("detail")?,
     })
-}
-
-/// The pool settings of both of a ledger's pools.
-fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
-    AnyPoolOptions::new()
-        .max_connections(max_connections)
-        .after_connect(move |connection, _| {
-            Box::pin(async move {
-                let settings: &[&str] = match backend {
-                    // Statement journals (every multi-row statement in a
-                    // transaction keeps one) in memory, not in temporary
-                    // files; and a page cache that holds the hot indexes.
-                    Backend::Sqlite => &["PRAGMA temp_store = MEMORY", "PRAGMA cache_size = -16384"],
-                    // Plan each statement for the table as it is now. A
-                    // connection's cached generic plan is chosen once and
-                    // kept: made while the ledger is empty it scans the wrong
-                    // index forever (18 ms a lookup at 50,000 rows instead of
-                    // 0.07 ms).
-                    Backend::Postgres => &["SET plan_cache_mode = force_custom_plan"],
-                };
-                for setting in settings {
-                    sqlx::Executor::execute(&mut *connection, *setting).await?;
-                }
-                Ok(())
-            })
-        })
-        // Waiting for a connection is bounded by each call's own deadline
-        // (the service times every ledger operation out at it), not here: a
-        // burst of calls that answer together queues for SQLite's one writer
-        // longer than any fixed wait would guess.
-        .acquire_timeout(Duration::from_secs(600))
-}
-
-/// Starts the batch writer and the batch reader on a thread of their own,
-/// with a runtime and a pool of their own. On the server's runtime, each of
-/// a batch's round trips also waited for that runtime to poll the writer
-/// behind every call in flight: 18 ms a batch of 31 on PostgreSQL, whose
-/// statements took about 1 ms (BENCHMARKS.md (6)). They stop when the last
-/// `Ledger` is dropped.
-async fn spawn_batches(
-    options: AnyConnectOptions,
-    backend: Backend,
-    wake: batch::Wake,
-) -> Result<(tokio::sync::mpsc::Sender<batch::Pending>, tokio::sync::mpsc::Sender<lookup::Lookup>), String> {
-    let (ready, started) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("iapd-ledger".to_owned())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    let _ = ready.send(Err(format!("cannot start the ledger's runtime: {err}")));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                // One connection for the writer, one for the reader.
-                let pool = match pool_options(backend, 2).connect_with(options).await {
-                    Ok(pool) => pool,
-                    Err(err) => {
-                        let _ = ready.send(Err(err.to_string()));
-                        return;
-                    }
-                };
-                let (recorder, records) = tokio::sync::mpsc::channel(batch::QUEUE);
-                let (lookups, questions) = tokio::sync::mpsc::channel(lookup::QUEUE);
-                if ready.send(Ok((recorder, lookups))).is_err() {
-                    return;
-                }
-                tokio::join!(batch::run(pool.clone(), backend, wake, records), lookup::run(pool, backend, questions));
-            });
-        })
-        .map_err(|err| format!("cannot start the ledger's thread: {err}"))?;
-    started.await.map_err(|_| "the ledger's thread stopped at start-up".to_owned())?
 }
 
 /// Tells the other replicas (PostgreSQL) that this transaction wrote events:
