@@ -180,12 +180,6 @@ impl From<sqlx::Error> for Failed {
     }
 }
 
-impl From<LedgerError> for Failed {
-    fn from(error: LedgerError) -> Self {
-        Failed::Other(sqlx::Error::Protocol(error.to_string()))
-    }
-}
-
 /// The statements of a batch, in each database's dialect: SQLite reads the
 /// JSON parameter with `json_each`, PostgreSQL with `json_to_recordset`.
 /// Every row is found by its key (an upsert, or a key lookup), never by a
