@@ -89,15 +89,15 @@ async fn acknowledge(api: &PurchaseApi, ledger: &Ledger, due: DueAcknowledgement
         proof: Some(due.proof),
         developer_payload: String::new(),
     });
-    request.set_timeout(CALL_TIMEOUT);
-    let outcome = tokio::time::timeout(CALL_TIMEOUT, api.acknowledge(request)).await;
-    let failure = match outcome {
-        Ok(Ok(_)) => {
+    // The deadline the call layer gives every call, which the service and
+    // the plugin end the call at.
+    request.extensions_mut().insert(crate::layers::CallDeadline(std::time::Instant::now() + CALL_TIMEOUT));
+    let failure = match api.acknowledge(request).await {
+        Ok(_) => {
             tracing::info!(purchase_id, store = due.store, "acknowledged a purchase for its app's policy");
             return;
         }
-        Ok(Err(status)) => status,
-        Err(_) => tonic::Status::deadline_exceeded("the store did not answer in time"),
+        Err(status) => status,
     };
     let outcome = match failure.code() {
         // The store says the purchase cannot be acknowledged (canceled,
