@@ -139,8 +139,8 @@ pub struct Ledger {
     acknowledgement_window: Duration,
     entitlements: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     final_state_freshness: Duration,
-    /// Woken after every commit that wrote events, so that this replica's
-    /// subscribers see them at once (others' within their poll).
+    /// Woken after every commit on this replica that wrote events, so that
+    /// its event feed reads them at once.
     events_written: Arc<Notify>,
     /// Woken when a Verify made an acknowledgement due now.
     acknowledgements_due: Arc<Notify>,
