@@ -92,6 +92,7 @@ async fn acknowledge(api: &PurchaseApi, ledger: &Ledger, due: DueAcknowledgement
     // The deadline the call layer gives every call, which the service and
     // the plugin end the call at.
     request.extensions_mut().insert(crate::layers::CallDeadline(std::time::Instant::now() + CALL_TIMEOUT));
+    request.extensions_mut().insert(crate::auth::Caller::Internal);
     let failure = match api.acknowledge(request).await {
         Ok(_) => {
             tracing::info!(purchase_id, store = due.store, "acknowledged a purchase for its app's policy");

@@ -44,7 +44,142 @@ struct RawConfig {
     stores: BTreeMap<String, RawStore>,
     #[serde(default)]
     ledger: RawLedger,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    tenants: BTreeMap<String, RawTenant>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    mode: Option<AuthMode>,
+}
+
+/// Whether callers must say who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Every call but health needs a tenant's API key or client certificate.
+    Keys,
+    /// Anyone who reaches the port may call anything.
+    Off,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    apps: Vec<String>,
+    #[serde(default)]
+    keys: BTreeMap<String, RawKey>,
+    #[serde(default)]
+    clients: BTreeMap<String, RawClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    sha256: String,
+    #[serde(default)]
+    revoked: bool,
+    stores: Option<Vec<String>>,
+    apps: Option<Vec<String>>,
+    rpcs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    subject: String,
+    stores: Option<Vec<String>>,
+    apps: Option<Vec<String>>,
+    rpcs: Option<Vec<String>>,
+}
+
+/// Who may call, from `auth.*` and `tenants.*`.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// As written; `None` decides by the address served (see [`AuthConfig::mode_for`]).
+    pub mode: Option<AuthMode>,
+    /// The tenants, by name.
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+impl AuthConfig {
+    /// The mode for a server on `address`: as configured; else keys when a
+    /// tenant is configured, off on a loopback address without tenants, and
+    /// an error anywhere else, where anyone on the network could call.
+    pub fn mode_for(&self, address: SocketAddr) -> Result<AuthMode, ConfigError> {
+        match self.mode {
+            Some(AuthMode::Keys) if self.tenants.is_empty() => Err(ConfigError::new(
+                "auth.mode",
+                "is `keys`, but no tenant is configured: add [tenants.<name>] with keys (see `iapd keys new`)",
+            )),
+            Some(mode) => Ok(mode),
+            None if !self.tenants.is_empty() => Ok(AuthMode::Keys),
+            None if address.ip().is_loopback() => Ok(AuthMode::Off),
+            None => Err(ConfigError::new(
+                "auth.mode",
+                format!(
+                    "is not set and the server listens on {address}, which is not a loopback address: configure \
+                     [tenants.<name>] with API keys, or set auth.mode = \"off\" to let anyone who reaches the port call"
+                ),
+            )),
+        }
+    }
+}
+
+/// One tenant: the apps it owns and the credentials that act for it.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    /// The app ids this tenant owns; no other tenant may name them.
+    pub apps: std::collections::BTreeSet<String>,
+    /// API keys by name.
+    pub keys: BTreeMap<String, KeyConfig>,
+    /// Client certificates by name (mutual TLS).
+    pub clients: BTreeMap<String, ClientConfig>,
+}
+
+/// An API key: only its hash is known.
+#[derive(Clone)]
+pub struct KeyConfig {
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+    /// A revoked key is refused as such.
+    pub revoked: bool,
+    /// What it may reach.
+    pub scope: Scope,
+}
+
+impl fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyConfig").field("revoked", &self.revoked).field("scope", &self.scope).finish_non_exhaustive()
+    }
+}
+
+/// A client certificate, known by a name it carries.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// A DNS name in the certificate's subject alternative names, or its
+    /// subject's common name.
+    pub subject: String,
+    /// What it may reach.
+    pub scope: Scope,
+}
+
+/// What one credential may reach: `None` is everything (of its tenant's, for apps).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Store ids.
+    pub stores: Option<std::collections::BTreeSet<String>>,
+    /// App ids, all of them the tenant's.
+    pub apps: Option<std::collections::BTreeSet<String>>,
+    /// RPC names, such as `Verify`.
+    pub rpcs: Option<std::collections::BTreeSet<String>>,
+}
+
+/// The RPCs that read and change nothing, which `rpcs = ["read_only"]` names.
+pub const READ_ONLY_RPCS: [&str; 5] = ["GetEntitlements", "ListPurchases", "WatchEvents", "ListItems", "ListStores"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -170,6 +305,49 @@ struct RawServer {
     idle_timeout_ms: u64,
     keepalive_interval_ms: u64,
     keepalive_timeout_ms: u64,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    client_certificates: ClientCertificates,
+    #[serde(default = "default_tls_reload_interval_ms")]
+    reload_interval_ms: u64,
+}
+
+fn default_tls_reload_interval_ms() -> u64 {
+    10_000
+}
+
+/// With `client_ca_file`: whether every client must present a certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertificates {
+    /// A connection without a valid client certificate is refused.
+    #[default]
+    Required,
+    /// A client may connect without one (and then needs an API key).
+    Optional,
+}
+
+/// TLS for the listener, from `server.tls.*`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// Its private key, PEM.
+    pub key_file: PathBuf,
+    /// The certificate authorities client certificates must chain to (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// Whether a client certificate is required, with `client_ca_file`.
+    pub client_certificates: ClientCertificates,
+    /// How often the files are checked for a change; zero never.
+    pub reload_interval: Duration,
 }
 
 impl Default for RawServer {
@@ -190,6 +368,7 @@ impl Default for RawServer {
             idle_timeout_ms: 300_000,
             keepalive_interval_ms: 60_000,
             keepalive_timeout_ms: 20_000,
+            tls: None,
         }
     }
 }
@@ -389,6 +568,10 @@ pub struct Config {
     pub stores: BTreeMap<String, StoreConfig>,
     /// The ledger; `None` when `ledger.enabled` is false.
     pub ledger: Option<LedgerConfig>,
+    /// Who may call.
+    pub auth: AuthConfig,
+    /// TLS for the listener; plaintext when `None`.
+    pub tls: Option<TlsConfig>,
 }
 
 /// The limits on connections, from `server.*`.
@@ -573,10 +756,132 @@ impl Config {
                 keepalive_timeout: Duration::from_millis(server.keepalive_timeout_ms),
             },
             plugins_dir,
+            auth: validate_auth(raw.auth, raw.tenants, &stores)?,
+            tls: server.tls.map(|tls| TlsConfig {
+                cert_file: tls.cert_file,
+                key_file: tls.key_file,
+                client_ca_file: tls.client_ca_file,
+                client_certificates: tls.client_certificates,
+                reload_interval: Duration::from_millis(tls.reload_interval_ms),
+            }),
             stores,
             ledger: validate_ledger(raw.ledger)?,
         })
     }
+}
+
+fn validate_auth(
+    auth: RawAuth,
+    raw_tenants: BTreeMap<String, RawTenant>,
+    stores: &BTreeMap<String, StoreConfig>,
+) -> Result<AuthConfig, ConfigError> {
+    use std::collections::BTreeSet;
+    let rpcs = crate::rpc_names();
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    let mut hashes: BTreeMap<[u8; 32], String> = BTreeMap::new();
+    let mut subjects: BTreeMap<String, String> = BTreeMap::new();
+    let mut tenants = BTreeMap::new();
+    for (name, tenant) in raw_tenants {
+        let key = format!("tenants.{name}");
+        if !valid_store_id(&name) {
+            return Err(ConfigError::new(key, "a tenant name is 1-64 of [a-z0-9_-], starting with a letter or digit"));
+        }
+        if tenant.apps.is_empty() {
+            return Err(ConfigError::new(format!("{key}.apps"), "names no app: a tenant owns at least one app id"));
+        }
+        let mut apps = BTreeSet::new();
+        for app in tenant.apps {
+            if app.is_empty() || app.len() > 256 {
+                return Err(ConfigError::new(format!("{key}.apps"), "an app id is 1 to 256 bytes"));
+            }
+            // Tenants are isolated by their apps: one shared would let each
+            // see the other's purchases.
+            if let Some(other) = owners.insert(app.clone(), name.clone()) {
+                return Err(ConfigError::new(
+                    format!("{key}.apps"),
+                    format!("app `{app}` is also tenant `{other}`'s: an app belongs to one tenant"),
+                ));
+            }
+            apps.insert(app);
+        }
+        let scope =
+            |key: &str, stores_in: Option<Vec<String>>, apps_in: Option<Vec<String>>, rpcs_in: Option<Vec<String>>| {
+                if let Some(unknown) = stores_in.iter().flatten().find(|store| !stores.contains_key(*store)) {
+                    return Err(ConfigError::new(
+                        format!("{key}.stores"),
+                        format!("`{unknown}` is not a configured store"),
+                    ));
+                }
+                if let Some(foreign) = apps_in.iter().flatten().find(|app| !apps.contains(*app)) {
+                    return Err(ConfigError::new(
+                        format!("{key}.apps"),
+                        format!("`{foreign}` is not one of the tenant's apps ({key} can reach only those)"),
+                    ));
+                }
+                let mut names = BTreeSet::new();
+                for rpc in rpcs_in.iter().flatten() {
+                    if rpc == "read_only" {
+                        names.extend(READ_ONLY_RPCS.iter().map(|name| (*name).to_owned()));
+                    } else if rpcs.iter().any(|known| known == rpc) {
+                        names.insert(rpc.clone());
+                    } else {
+                        return Err(ConfigError::new(
+                            format!("{key}.rpcs"),
+                            format!(
+                                "`{rpc}` is not an RPC of iapd.v1.PurchaseService (nor `read_only`): {}",
+                                rpcs.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                Ok(Scope {
+                    stores: stores_in.map(|list| list.into_iter().collect()),
+                    apps: apps_in.map(|list| list.into_iter().collect()),
+                    rpcs: rpcs_in.map(|_| names),
+                })
+            };
+        let mut keys = BTreeMap::new();
+        for (key_name, raw) in tenant.keys {
+            let key = format!("{key}.keys.{key_name}");
+            let sha256 = parse_sha256(&raw.sha256).ok_or_else(|| {
+                ConfigError::new(format!("{key}.sha256"), "must be 64 hex digits, the SHA-256 `iapd keys new` printed")
+            })?;
+            if let Some(other) = hashes.insert(sha256, key.clone()) {
+                return Err(ConfigError::new(
+                    format!("{key}.sha256"),
+                    format!("is also `{other}`'s: one key, one name"),
+                ));
+            }
+            let scope = scope(&key, raw.stores, raw.apps, raw.rpcs)?;
+            keys.insert(key_name, KeyConfig { sha256, revoked: raw.revoked, scope });
+        }
+        let mut clients = BTreeMap::new();
+        for (client_name, raw) in tenant.clients {
+            let key = format!("{key}.clients.{client_name}");
+            if raw.subject.is_empty() || raw.subject.len() > 253 {
+                return Err(ConfigError::new(format!("{key}.subject"), "a certificate name is 1 to 253 bytes"));
+            }
+            if let Some(other) = subjects.insert(raw.subject.to_ascii_lowercase(), key.clone()) {
+                return Err(ConfigError::new(format!("{key}.subject"), format!("is also `{other}`'s")));
+            }
+            let scope = scope(&key, raw.stores, raw.apps, raw.rpcs)?;
+            clients.insert(client_name, ClientConfig { subject: raw.subject.to_ascii_lowercase(), scope });
+        }
+        tenants.insert(name, TenantConfig { apps, keys, clients });
+    }
+    Ok(AuthConfig { mode: auth.mode, tenants })
+}
+
+fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let text = text.as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (byte, pair) in hash.iter_mut().zip(text.chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(hash)
 }
 
 fn validate_entitlements(

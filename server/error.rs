@@ -87,6 +87,15 @@ pub enum ApiError {
         /// The RPC.
         operation: &'static str,
     },
+    /// The caller is not known: no credential, or one that is not valid.
+    Unauthenticated(AuthFailure),
+    /// The caller's credential does not reach what the call asks for.
+    PermissionDenied {
+        /// `ErrorInfo.reason`: `RPC_NOT_PERMITTED`, `STORE_NOT_PERMITTED`, `APP_NOT_PERMITTED`.
+        reason: &'static str,
+        /// Names the credential and what it asked for, nothing else.
+        message: String,
+    },
     /// The plugin answered with something that does not decode.
     MalformedAnswer {
         /// The store id.
@@ -94,6 +103,52 @@ pub enum ApiError {
         /// The decoder's message.
         detail: String,
     },
+}
+
+/// Why a caller is not known. No variant holds what the caller sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No key and no client certificate.
+    Missing,
+    /// The credential metadata is not in a form iapd reads.
+    Malformed(&'static str),
+    /// No tenant has this key.
+    UnknownKey,
+    /// The key was revoked.
+    RevokedKey {
+        /// Its tenant.
+        tenant: String,
+        /// Its name.
+        name: String,
+    },
+    /// The client certificate is valid, but no tenant's `clients` names it.
+    UnmappedCertificate,
+}
+
+impl AuthFailure {
+    fn reason(&self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "CREDENTIALS_MISSING",
+            AuthFailure::Malformed(_) => "CREDENTIALS_MALFORMED",
+            AuthFailure::UnknownKey => "API_KEY_INVALID",
+            AuthFailure::RevokedKey { .. } => "API_KEY_REVOKED",
+            AuthFailure::UnmappedCertificate => "CLIENT_CERTIFICATE_UNMAPPED",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            AuthFailure::Missing => "this server needs credentials: send an API key as `authorization: Bearer <key>` \
+                                     (or `x-api-key`) metadata, or a client certificate"
+                .to_owned(),
+            AuthFailure::Malformed(what) => what.to_string(),
+            AuthFailure::UnknownKey => "the API key is not valid here".to_owned(),
+            AuthFailure::RevokedKey { tenant, name } => format!("the API key `{name}` of tenant `{tenant}` is revoked"),
+            AuthFailure::UnmappedCertificate => {
+                "the client certificate is not mapped to a tenant here (tenants.<name>.clients)".to_owned()
+            }
+        }
+    }
 }
 
 impl From<ApiError> for Status {
@@ -237,6 +292,14 @@ impl From<ApiError> for Status {
                     format!("{operation} needs the ledger, and this server runs with ledger.enabled = false"),
                     details,
                 )
+            }
+            ApiError::Unauthenticated(failure) => {
+                let details = ErrorDetails::with_error_info(failure.reason(), DOMAIN, HashMap::new());
+                Status::with_error_details(Code::Unauthenticated, failure.message(), details)
+            }
+            ApiError::PermissionDenied { reason, message } => {
+                let details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+                Status::with_error_details(Code::PermissionDenied, message, details)
             }
             ApiError::Plugin { store, error } => plugin_status(store, error),
             ApiError::MalformedAnswer { store, detail } => {

@@ -41,6 +41,7 @@ const EXEMPT_SERVICES: [&str; 3] =
 /// where it is.
 pub(crate) fn service<S>(
     routes: S,
+    auth: crate::auth::AuthLayer,
     calls: CallPolicy,
 ) -> impl Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible, Future = impl Send + 'static>
 + Clone
@@ -67,6 +68,11 @@ where
                 .make_span_with(rpc_span as fn(&Request<Body>) -> tracing::Span)
                 .on_failure(LogFailure),
         )
+        // Who is calling, from headers and the client certificate alone:
+        // inside the trace so refusals are logged with their request id and
+        // the span names the tenant; before the call layer, so a stranger
+        // never has its request read nor holds an admission permit.
+        .layer(auth)
         // Deadline, bounded read, admission and the shutdown grace; last, so
         // that what it answers passes through the layers above.
         .layer(CallLayer { policy: Arc::new(calls) })
@@ -78,7 +84,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn rpc_span(request: &Request<Body>) -> tracing::Span {
     // The check layer has refused ids that are not short and printable.
     let request_id = request.headers().get("x-request-id").and_then(|value| value.to_str().ok()).unwrap_or("");
-    tracing::info_span!("rpc", method = %request.uri().path(), request_id)
+    // The auth layer fills in who called.
+    tracing::info_span!(
+        "rpc",
+        method = %request.uri().path(),
+        request_id,
+        tenant = tracing::field::Empty,
+        credential = tracing::field::Empty
+    )
 }
 
 /// Logs a failed call at a level by its cause: a caller's mistake, a cancel

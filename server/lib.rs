@@ -5,6 +5,7 @@
 //! ARCHITECTURE.md.
 
 mod acknowledger;
+pub mod auth;
 mod codec;
 pub mod config;
 mod convert;
@@ -13,6 +14,7 @@ pub mod host;
 mod layers;
 pub mod ledger;
 mod service;
+mod tls;
 mod transport;
 mod validate;
 
@@ -30,6 +32,33 @@ pub mod pb {
 
     /// The encoded file descriptor set of the API, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("iapd_descriptor");
+}
+
+/// The RPC names of `iapd.v1.PurchaseService` (`Verify`, …), from the API's
+/// descriptor set.
+pub fn rpc_names() -> Vec<String> {
+    use prost::Message;
+    // The descriptor set is compiled in: one that does not decode is a build defect.
+    let descriptors = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).unwrap_or_default();
+    descriptors
+        .file
+        .iter()
+        .filter(|file| file.package() == "iapd.v1")
+        .flat_map(|file| file.service.iter())
+        .filter(|service| service.name() == "PurchaseService")
+        .flat_map(|service| service.method.iter().map(|method| method.name().to_owned()))
+        .collect()
+}
+
+/// Checks what the configuration says of a listener on `address`: whether
+/// callers must authenticate there, and that the TLS files load. `serve`
+/// does the same before it starts anything.
+pub fn check_listener(config: &config::Config, address: std::net::SocketAddr) -> Result<(), config::ConfigError> {
+    config.auth.mode_for(address)?;
+    if let Some(tls) = &config.tls {
+        tls::Tls::load(tls)?;
+    }
+    Ok(())
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops taking
@@ -55,7 +84,7 @@ pub enum ServeError {
     /// The ledger could not be opened.
     #[error(transparent)]
     Ledger(#[from] ledger::LedgerError),
-    /// The API's descriptor set does not decode (a build defect).
-    #[error("cannot read the api's descriptor set: {0}")]
-    Descriptors(#[from] prost::DecodeError),
+    /// The configuration does not fit the address served.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
 }

@@ -33,6 +33,23 @@ enum Command {
     Plugins,
     /// Applies the ledger's migrations to its database, then exits.
     Migrate,
+    /// API keys for tenants.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Mints a new API key: prints the key once, and the lines to add to the
+    /// configuration, which hold only its SHA-256.
+    New {
+        /// The tenant the key acts for.
+        #[arg(long)]
+        tenant: String,
+        /// The key's name within the tenant (shown in logs and errors).
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,13 +67,30 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing()?;
+    // Minting needs no configuration.
+    if let Command::Keys(KeysCommand::New { tenant, name }) = &cli.command {
+        return new_key(tenant, name);
+    }
     let config = Config::load(&Sources { file: cli.config.clone() }).context("invalid configuration")?;
     match cli.command {
         Command::Serve { listen } => serve(config, listen),
         Command::CheckConfig => check_config(&config),
         Command::Plugins => list_plugins(&config),
         Command::Migrate => migrate(&config),
+        Command::Keys(_) => unreachable!("handled before the configuration is loaded"),
     }
+}
+
+fn new_key(tenant: &str, name: &str) -> anyhow::Result<()> {
+    let plain =
+        |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    anyhow::ensure!(plain(tenant) && plain(name), "--tenant and --name are made of [A-Za-z0-9_-]");
+    let (key, sha256) = iapd::auth::mint_key().map_err(|_| anyhow::anyhow!("the system's random source failed"))?;
+    println!("api key (shown once; iapd keeps only its hash): {key}");
+    println!();
+    println!("[tenants.{tenant}.keys.{name}]");
+    println!("sha256 = \"{sha256}\"");
+    Ok(())
 }
 
 /// Logs at `IAPD_LOG`'s filter, `info` when it is unset. A filter that does
@@ -142,6 +176,7 @@ fn migrate(config: &Config) -> anyhow::Result<()> {
 /// Starts every store as `serve` would (so plugins check their own
 /// settings), without listening.
 fn check_config(config: &Config) -> anyhow::Result<()> {
+    iapd::check_listener(config, config.listen)?;
     let host = runtime()?.block_on(PluginHost::start(config)).context("cannot start the stores")?;
     for store in host.stores() {
         let descriptor = &store.meta().descriptor;

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 use crate::acknowledger;
+use crate::auth::Caller;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::host::{PluginHost, StorePlugin};
@@ -143,9 +144,18 @@ impl PurchaseApi {
         Ok(())
     }
 
-    fn store(&self, id: &str) -> Result<&Arc<StorePlugin>, ApiError> {
+    /// The store a request names and the caller may use, and the app too;
+    /// a store or app the caller may not use is refused the same whether it
+    /// exists or not, and an unknown store's error lists only what the caller
+    /// may use.
+    fn store(&self, caller: &Caller, id: &str, app_id: &str) -> Result<&Arc<StorePlugin>, ApiError> {
         validate::store(id)?;
-        self.host.store(id).ok_or_else(|| ApiError::UnknownStore { store: id.to_owned(), known: self.host.store_ids() })
+        validate::app_id(app_id)?;
+        caller.check(Some(id), app_id)?;
+        self.host.store(id).ok_or_else(|| ApiError::UnknownStore {
+            store: id.to_owned(),
+            known: self.host.store_ids().into_iter().filter(|store| caller.may_use_store(store)).collect(),
+        })
     }
 
     /// The call's deadline, fixed by the call layer when the call started;
@@ -183,8 +193,9 @@ impl PurchaseApi {
 impl PurchaseService for PurchaseApi {
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let deadline = self.deadline(&request);
+        let caller = Caller::of(&request)?;
         let mut request = request.into_inner();
-        let store = self.store(&request.store)?;
+        let store = self.store(&caller, &request.store, &request.app_id)?;
         validate::app_and_product(&request.app_id, &request.product_id)?;
         validate::proof(request.proof.as_ref())?;
         validate::user_id(&request.user_id)?;
@@ -219,8 +230,9 @@ impl PurchaseService for PurchaseApi {
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
         let deadline = self.deadline(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        let store = self.store(&request.store)?;
+        let store = self.store(&caller, &request.store, &request.app_id)?;
         validate::app_and_product(&request.app_id, &request.product_id)?;
         validate::proof(request.proof.as_ref())?;
         validate::developer_payload(&request.developer_payload)?;
@@ -247,8 +259,9 @@ impl PurchaseService for PurchaseApi {
 
     async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
         let deadline = self.deadline(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        let store = self.store(&request.store)?;
+        let store = self.store(&caller, &request.store, &request.app_id)?;
         validate::app_and_product(&request.app_id, &request.product_id)?;
         validate::proof(request.proof.as_ref())?;
         let proof_hash = self.proof_hash(request.proof.as_ref());
@@ -275,9 +288,9 @@ impl PurchaseService for PurchaseApi {
         request: Request<pb::ListItemsRequest>,
     ) -> Result<Response<pb::ListItemsResponse>, Status> {
         let deadline = self.deadline(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        let store = self.store(&request.store)?;
-        validate::app_id(&request.app_id)?;
+        let store = self.store(&caller, &request.store, &request.app_id)?;
         validate::kind(request.kind)?;
         validate::paging(request.page_size, &request.page_token)?;
         let plugin_request = plugin::ListItemsRequest {
@@ -297,11 +310,12 @@ impl PurchaseService for PurchaseApi {
 
     async fn grant(&self, request: Request<pb::GrantRequest>) -> Result<Response<pb::GrantResponse>, Status> {
         let deadline = self.deadline(&request);
+        let apps = Caller::of(&request)?.apps();
         let request = request.into_inner();
         let ledger = self.ledger("Grant")?;
         validate::purchase_id(&request.purchase_id)?;
         validate::required_user_id(&request.user_id)?;
-        let grant = self.within(deadline, ledger.grant(&request.purchase_id, &request.user_id)).await?;
+        let grant = self.within(deadline, ledger.grant(&request.purchase_id, &request.user_id, &apps)).await?;
         let state = match grant.state {
             ledger::GrantState::Started => pb::GrantState::Started,
             ledger::GrantState::Pending => pb::GrantState::Pending,
@@ -320,10 +334,11 @@ impl PurchaseService for PurchaseApi {
         request: Request<pb::ConfirmGrantRequest>,
     ) -> Result<Response<pb::ConfirmGrantResponse>, Status> {
         let deadline = self.deadline(&request);
+        let apps = Caller::of(&request)?.apps();
         let request = request.into_inner();
         let ledger = self.ledger("ConfirmGrant")?;
         validate::grant_id(&request.grant_id)?;
-        let already_confirmed = self.within(deadline, ledger.confirm_grant(&request.grant_id)).await?;
+        let already_confirmed = self.within(deadline, ledger.confirm_grant(&request.grant_id, &apps)).await?;
         Ok(Response::new(pb::ConfirmGrantResponse { already_confirmed }))
     }
 
@@ -332,9 +347,11 @@ impl PurchaseService for PurchaseApi {
         request: Request<pb::GetEntitlementsRequest>,
     ) -> Result<Response<pb::GetEntitlementsResponse>, Status> {
         let deadline = self.deadline(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let ledger = self.ledger("GetEntitlements")?;
         validate::app_id(&request.app_id)?;
+        caller.check(None, &request.app_id)?;
         validate::required_user_id(&request.user_id)?;
         let found = self.within(deadline, ledger.entitlements_of(&request.app_id, &request.user_id)).await?;
         Ok(Response::new(pb::GetEntitlementsResponse {
@@ -357,9 +374,11 @@ impl PurchaseService for PurchaseApi {
         request: Request<pb::ListPurchasesRequest>,
     ) -> Result<Response<pb::ListPurchasesResponse>, Status> {
         let deadline = self.deadline(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let ledger = self.ledger("ListPurchases")?;
         validate::app_id(&request.app_id)?;
+        caller.check(None, &request.app_id)?;
         validate::required_user_id(&request.user_id)?;
         let (page_size, after) = validate::purchases_page(request.page_size, &request.page_token)?;
         // One more than the page tells whether another page follows.
@@ -387,9 +406,11 @@ impl PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let ledger = self.ledger("WatchEvents")?.clone();
         validate::app_id(&request.app_id)?;
+        caller.check(None, &request.app_id)?;
         validate::user_id(&request.user_id)?;
         validate::event_kinds(&request.kinds)?;
         let after = validate::event_cursor(&request.after_cursor)?;
@@ -401,12 +422,13 @@ impl PurchaseService for PurchaseApi {
 
     async fn list_stores(
         &self,
-        _request: Request<pb::ListStoresRequest>,
+        request: Request<pb::ListStoresRequest>,
     ) -> Result<Response<pb::ListStoresResponse>, Status> {
-        // From the ledger (every replica's purchases); left out while it
-        // cannot be read, rather than counted as none.
+        let caller = Caller::of(&request)?;
+        // From the ledger (every replica's purchases, of the caller's apps);
+        // left out while it cannot be read, rather than counted as none.
         let pending = match &self.ledger {
-            Some(ledger) => match ledger.acknowledgements_pending(ACK_AT_RISK_WITHIN).await {
+            Some(ledger) => match ledger.acknowledgements_pending(ACK_AT_RISK_WITHIN, &caller.apps()).await {
                 Ok(pending) => Some(pending),
                 Err(err) => {
                     tracing::warn!(%err, "cannot count the acknowledgements due for ListStores");
@@ -418,6 +440,7 @@ impl PurchaseService for PurchaseApi {
         let stores = self
             .host
             .stores()
+            .filter(|store| caller.may_use_store(store.id()))
             .map(|store| {
                 let mut info = store_info(store);
                 info.acknowledgements = pending.as_ref().map(|pending| {
@@ -583,6 +606,9 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let address = listener.local_addr()?;
+    // What the configuration says of the listener is checked before anything starts.
+    let mode = config.auth.mode_for(address)?;
+    let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
     let ledger = match &config.ledger {
         Some(settings) => {
             let ledger = Ledger::open(settings, settings.migrate_on_start).await?;
@@ -640,11 +666,19 @@ pub(crate) async fn run(
         admission: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         limit: config.max_concurrent_requests,
         grace_over,
-        methods: api_methods()?,
+        methods: crate::rpc_names().into_iter().map(|name| format!("/iapd.v1.PurchaseService/{name}")).collect(),
     };
-    let service = layers::service(routes, calls);
+    if mode == crate::config::AuthMode::Off {
+        if address.ip().is_loopback() {
+            tracing::info!("authentication is off: anyone who reaches this loopback address may call");
+        } else {
+            tracing::warn!(%address, "authentication is off (auth.mode = \"off\"): anyone who reaches the port may call");
+        }
+    }
+    let auth = crate::auth::AuthLayer { authenticator: Arc::new(crate::auth::Authenticator::new(&config.auth, mode)) };
+    let service = layers::service(routes, auth, calls);
 
-    tracing::info!(%address, stores = ?host.store_ids(), "iapd serving");
+    tracing::info!(%address, stores = ?host.store_ids(), tls = config.tls.is_some(), "iapd serving");
     let health_on_shutdown = health.clone();
     let shutdown = async move {
         shutdown.await;
@@ -660,29 +694,15 @@ pub(crate) async fn run(
         });
     };
     // Past the grace, the answers above need a moment to be written.
-    transport::serve(listener, service, &config.connections, shutdown, grace + Duration::from_secs(1)).await;
+    let tls_watch = tls.as_ref().zip(config.tls.clone()).and_then(|(tls, settings)| tls.watch(settings));
+    transport::serve(listener, service, &config.connections, shutdown, grace + Duration::from_secs(1), tls).await;
+    if let Some(watch) = tls_watch {
+        watch.abort();
+    }
     // One cut short is leased, not lost: it is tried again when its lease ends.
     if let Some(acknowledger) = acknowledger {
         acknowledger.abort();
     }
     tracing::info!("iapd stopped");
     Ok(())
-}
-
-/// The full paths of the API's methods, from its descriptor set.
-fn api_methods() -> Result<std::collections::HashSet<String>, ServeError> {
-    let descriptors = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET)?;
-    Ok(descriptors
-        .file
-        .iter()
-        .filter(|file| file.package() == "iapd.v1")
-        .flat_map(|file| {
-            file.service.iter().flat_map(move |service| {
-                service
-                    .method
-                    .iter()
-                    .map(move |method| format!("/{}.{}/{}", file.package(), service.name(), method.name()))
-            })
-        })
-        .collect())
 }

@@ -22,7 +22,9 @@ use tokio::task::JoinSet;
 use tonic::body::Body;
 use tower::{Service, ServiceExt};
 
+use crate::auth::ClientNames;
 use crate::config::ConnectionLimits;
+use crate::tls::{HANDSHAKE_LIMIT, Tls, client_names};
 
 /// How long a connection that was sent GOAWAY for being idle may take to
 /// close before it is dropped (a peer that never completed its handshake
@@ -48,6 +50,7 @@ pub(crate) async fn serve<S>(
     limits: &ConnectionLimits,
     shutdown: impl Future<Output = ()>,
     drain_limit: Duration,
+    tls: Option<Tls>,
 ) where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -81,8 +84,23 @@ pub(crate) async fn serve<S>(
                     };
                     let http2 = http2.clone();
                     let service = service.clone();
+                    let acceptor = tls.as_ref().map(Tls::acceptor);
                     connections.spawn(async move {
-                        connection.run(stream, service, http2).await;
+                        match acceptor {
+                            None => connection.run(stream, None, service, http2).await,
+                            Some(acceptor) => {
+                                // Within the connection's own task, so a slow
+                                // handshake holds up no one else.
+                                match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
+                                    Ok(Ok(stream)) => {
+                                        let names = client_names(stream.get_ref().1);
+                                        connection.run(stream, names, service, http2).await;
+                                    }
+                                    Ok(Err(err)) => tracing::debug!(%peer, error = %err, "tls handshake failed"),
+                                    Err(_) => tracing::debug!(%peer, "tls handshake not finished in time"),
+                                }
+                            }
+                        }
                         drop(slot);
                     });
                 }
@@ -111,17 +129,28 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run<S>(mut self, stream: TcpStream, service: S, http2: hyper::server::conn::http2::Builder<TokioExecutor>)
-    where
+    async fn run<S, I>(
+        mut self,
+        stream: I,
+        client: Option<ClientNames>,
+        service: S,
+        http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    ) where
         S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
         S::Future: Send + 'static,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let activity = self.activity.clone();
         let per_call = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let call = activity.start();
             let service = service.clone();
+            let client = client.clone();
             async move {
-                let response = service.oneshot(request.map(Body::new)).await?;
+                let mut request = request.map(Body::new);
+                if let Some(client) = client {
+                    request.extensions_mut().insert(client);
+                }
+                let response = service.oneshot(request).await?;
                 Ok::<_, Infallible>(response.map(|body| Body::new(Tracked { body, _call: call })))
             }
         });

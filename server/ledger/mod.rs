@@ -534,7 +534,8 @@ impl Ledger {
     /// Starts the grant of a purchase to a user, or finds the one started
     /// before. The purchase row is locked first, so two callers racing get
     /// one grant between them: one `Started`, the other `Pending`.
-    pub async fn grant(&self, purchase_id: &str, user_id: &str) -> Result<Grant, LedgerError> {
+    /// A purchase of an app outside `apps` is unknown to this caller.
+    pub async fn grant(&self, purchase_id: &str, user_id: &str, apps: &AppScope) -> Result<Grant, LedgerError> {
         let now = now_ms();
         let mut tx = self.begin().await?;
         let Some(row) = sqlx::query(
@@ -551,6 +552,9 @@ impl Ledger {
         let verdict: String = row.try_get("verdict")?;
         let consumed_ms: Option<i64> = row.try_get("consumed_ms")?;
         let app_id: String = row.try_get("app_id")?;
+        if !apps.allows(&app_id) {
+            return Err(GrantRefusal::UnknownPurchase(purchase_id.to_owned()).into());
+        }
         let shared = sqlx::query("SELECT 1 FROM purchase_shares WHERE purchase_id = $1 AND user_id = $2")
             .bind(purchase_id)
             .bind(user_id)
@@ -606,8 +610,9 @@ impl Ledger {
         Ok(Grant { grant_id, state: GrantState::Started, started_ms: now })
     }
 
-    /// Confirms a started grant; whether it had been confirmed before.
-    pub async fn confirm_grant(&self, grant_id: &str) -> Result<bool, LedgerError> {
+    /// Confirms a started grant; whether it had been confirmed before. A
+    /// grant of an app outside `apps` is unknown to this caller.
+    pub async fn confirm_grant(&self, grant_id: &str, apps: &AppScope) -> Result<bool, LedgerError> {
         let now = now_ms();
         let mut tx = self.begin().await?;
         let unknown = || LedgerError::from(GrantRefusal::UnknownGrant(grant_id.to_owned()));
@@ -625,6 +630,9 @@ impl Ledger {
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get("app_id")?;
+        if !apps.allows(&app_id) {
+            return Err(unknown());
+        }
         let confirmed = sqlx::query(
             "UPDATE grants SET state = 'confirmed', confirmed_ms = $2 \
              WHERE grant_id = $1 AND state = 'started' AND revoked_ms IS NULL RETURNING user_id",
@@ -938,26 +946,31 @@ impl Ledger {
         Ok(())
     }
 
-    /// Per store, the valid purchases awaiting an acknowledgement, and those
-    /// of them whose deadline is less than `within` away (or past).
+    /// Per store, the valid purchases of `apps` awaiting an acknowledgement,
+    /// and those of them whose deadline is less than `within` away (or past).
     pub async fn acknowledgements_pending(
         &self,
         within: Duration,
+        apps: &AppScope,
     ) -> Result<BTreeMap<String, (u64, u64)>, LedgerError> {
         let soon = now_ms().saturating_add(millis(within));
         let rows = sqlx::query(
-            "SELECT store, COUNT(*) AS due, SUM(CASE WHEN ack_due_ms < $1 THEN 1 ELSE 0 END) AS at_risk \
-             FROM purchases WHERE ack_due_ms IS NOT NULL AND verdict = 'VERDICT_VALID' GROUP BY store",
+            "SELECT store, app_id, COUNT(*) AS due, SUM(CASE WHEN ack_due_ms < $1 THEN 1 ELSE 0 END) AS at_risk \
+             FROM purchases WHERE ack_due_ms IS NOT NULL AND verdict = 'VERDICT_VALID' GROUP BY store, app_id",
         )
         .bind(soon)
         .fetch_all(&self.pool)
         .await?;
-        let mut counts = BTreeMap::new();
+        let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for row in rows {
+            if !apps.allows(row.try_get("app_id")?) {
+                continue;
+            }
             let due: i64 = row.try_get("due")?;
             let at_risk: i64 = row.try_get("at_risk")?;
-            counts
-                .insert(row.try_get("store")?, (u64::try_from(due).unwrap_or(0), u64::try_from(at_risk).unwrap_or(0)));
+            let count = counts.entry(row.try_get("store")?).or_default();
+            count.0 += u64::try_from(due).unwrap_or(0);
+            count.1 += u64::try_from(at_risk).unwrap_or(0);
         }
         Ok(counts)
     }
@@ -1086,6 +1099,25 @@ fn database_url(config: &LedgerConfig) -> Result<(String, Backend), LedgerError>
         });
     };
     Ok((url, backend))
+}
+
+/// The apps a ledger query may see.
+#[derive(Debug, Clone)]
+pub enum AppScope {
+    /// Every app.
+    All,
+    /// Only these.
+    Only(Arc<std::collections::BTreeSet<String>>),
+}
+
+impl AppScope {
+    /// Whether the scope includes `app_id`.
+    pub fn allows(&self, app_id: &str) -> bool {
+        match self {
+            AppScope::All => true,
+            AppScope::Only(apps) => apps.contains(app_id),
+        }
+    }
 }
 
 /// The URL with its password replaced, for logs and errors.

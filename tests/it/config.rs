@@ -7,6 +7,9 @@ fn check(config: &std::path::Path, envs: &[(&str, &str)]) -> (bool, String, Stri
     run_iapd(&["--config", &config.display().to_string(), "check-config"], envs)
 }
 
+/// A well-formed key hash, for the cases where another key is wrong.
+const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
 #[test]
 fn configuration_errors_name_the_key_and_the_reason() {
     let sandbox = Sandbox::new();
@@ -53,9 +56,62 @@ fn configuration_errors_name_the_key_and_the_reason() {
             "invalid type: string \"x\", expected usize",
         ),
         ("", "stores", "no store is configured"),
+        (
+            "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n[tenants.a]\napps = [\"x\"]\n[tenants.b]\napps = [\"y\", \"x\"]\n",
+            "tenants.b.apps",
+            "app `x` is also tenant `a`'s",
+        ),
+        (
+            "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n[tenants.a]\napps = [\"x\"]\n[tenants.a.keys.k]\nsha256 = \"abc\"\n",
+            "tenants.a.keys.k.sha256",
+            "64 hex digits",
+        ),
+        (
+            &format!(
+                "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n[tenants.a]\napps = [\"x\"]\n[tenants.a.keys.k]\nsha256 = \"{HASH}\"\nstores = [\"gp\"]\n"
+            ),
+            "tenants.a.keys.k.stores",
+            "`gp` is not a configured store",
+        ),
+        (
+            &format!(
+                "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n[tenants.a]\napps = [\"x\"]\n[tenants.a.keys.k]\nsha256 = \"{HASH}\"\nrpcs = [\"Verfiy\"]\n"
+            ),
+            "tenants.a.keys.k.rpcs",
+            "`Verfiy` is not an RPC of iapd.v1.PurchaseService",
+        ),
+        (
+            &format!(
+                "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n[tenants.a]\napps = [\"x\"]\n[tenants.a.keys.k]\nsha256 = \"{HASH}\"\napps = [\"y\"]\n"
+            ),
+            "tenants.a.keys.k.apps",
+            "`y` is not one of the tenant's apps",
+        ),
+        (
+            &format!(
+                "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n[tenants.a]\napps = [\"x\"]\n[tenants.a.keys.k]\nsha256 = \"{HASH}\"\n[tenants.a.keys.l]\nsha256 = \"{HASH}\"\n"
+            ),
+            "tenants.a.keys.l.sha256",
+            "is also `tenants.a.keys.k`'s",
+        ),
+        (
+            "[auth]\nmode = \"keys\"\n[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n",
+            "auth.mode",
+            "no tenant is configured",
+        ),
+        (
+            "[server]\nlisten = \"0.0.0.0:50051\"\n[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n",
+            "auth.mode",
+            "not a loopback address",
+        ),
+        (
+            "[server.tls]\ncert_file = \"/nonexistent/server.pem\"\nkey_file = \"/nonexistent/server.key\"\n[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\n",
+            "server.tls.cert_file",
+            "cannot read certificates from `/nonexistent/server.pem`",
+        ),
     ];
     for (body, key, reason) in cases {
-        let config = sandbox.write_config(body);
+        let config = sandbox.write_config(&body);
         let (ok, _, stderr) = check(&config, &[]);
         assert!(!ok, "accepted:\n{body}");
         assert!(

@@ -8,6 +8,7 @@ mod abi; // plugins in C and misbehaving plugins: loading, refusals, panics, all
 mod amazon; // the Amazon plugin in the real binary against its emulator, a log scan for its secret, the README's Amazon walkthrough
 mod api; // every RPC through a tonic client against the sandbox store
 mod app_store; // the App Store plugin in the real binary against its emulator, and Apple's Python library
+mod auth; // API keys and tenants on every RPC, health and reflection, TLS and mutual TLS from grpcurl, certificate reload
 mod cafe_bazaar; // the Cafe Bazaar plugin in the real binary against its emulator
 pub(crate) mod clients; // clients made from proto/ in Python, Go and Node, reading error details
 mod config; // configuration errors, env overrides, check-config, plugins

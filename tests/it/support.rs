@@ -104,6 +104,29 @@ pub fn compile_c(source: &Path, output: &Path, extra: &[&str]) {
     assert!(status.success(), "cc failed for {}", source.display());
 }
 
+/// Secrets the tests hand to servers (API keys) and the logs of every
+/// server the tests ran: no log line of the test run may hold a secret. Each
+/// side checks against the other as it arrives, so the order of tests does
+/// not matter.
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static ALL_LOGS: Mutex<Vec<Arc<Mutex<String>>>> = Mutex::new(Vec::new());
+
+/// Registers a secret the test uses; panics if a server logged it already.
+pub fn secret(value: String) -> String {
+    for logs in ALL_LOGS.lock().unwrap().iter() {
+        assert!(!logs.lock().unwrap().contains(&value), "a server logged a secret a test gave it");
+    }
+    SECRETS.lock().unwrap().push(value.clone());
+    value
+}
+
+fn assert_no_secret(logs: &str) {
+    if let Some(found) = SECRETS.lock().unwrap().iter().find(|secret| logs.contains(secret.as_str())) {
+        let at = logs.find(found.as_str()).unwrap_or(0);
+        panic!("a server logged a secret (at byte {at} of its logs; the secret is not shown)");
+    }
+}
+
 /// The real `iapd serve`, running until dropped.
 pub struct Server {
     child: Child,
@@ -157,12 +180,17 @@ impl Server {
             let _ = address_tx.send(None);
         });
         match address_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(address)) => Ok(Server { child, address, logs, _data: data }),
+            Ok(Some(address)) => {
+                ALL_LOGS.lock().unwrap().push(logs.clone());
+                Ok(Server { child, address, logs, _data: data })
+            }
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
                 std::thread::sleep(Duration::from_millis(100));
-                Err(logs.lock().unwrap().clone())
+                let logs = logs.lock().unwrap().clone();
+                assert_no_secret(&logs);
+                Err(logs)
             }
         }
     }
@@ -226,6 +254,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Not while unwinding: a second panic would abort the test binary.
+        if !std::thread::panicking() {
+            assert_no_secret(&self.logs());
+        }
     }
 }
 
