@@ -111,7 +111,7 @@ fn configuration_errors_name_the_key_and_the_reason() {
         ),
     ];
     for (body, key, reason) in cases {
-        let config = sandbox.write_config(&body);
+        let config = sandbox.write_config(body);
         let (ok, _, stderr) = check(&config, &[]);
         assert!(!ok, "accepted:\n{body}");
         assert!(
