@@ -151,3 +151,18 @@ fn the_ledger_knows_no_store_no_plugin_and_no_grpc() {
         }
     }
 }
+
+#[test]
+fn every_api_handler_starts_from_the_caller() {
+    let code = std::fs::read_to_string(root().join("server/service.rs")).unwrap();
+    let start = code.find("impl PurchaseService for PurchaseApi").expect("the service impl");
+    let end = start + code[start..].find("\n}\n").expect("its end");
+    let handlers: Vec<&str> = code[start..end].split("\n    async fn ").skip(1).collect();
+    assert_eq!(handlers.len(), iapd::rpc_names().len(), "one handler per RPC");
+    for handler in handlers {
+        let name = handler.split('(').next().unwrap_or_default();
+        // Everything before the first statement that reads the request's body.
+        let prologue = handler.split("into_inner()").next().unwrap_or_default();
+        assert!(prologue.contains("Caller::of(&request)?"), "{name} does not take its caller before anything else");
+    }
+}
