@@ -397,6 +397,29 @@ struct RawStore {
     config: Option<serde_json::Value>,
     #[serde(default)]
     secrets: BTreeMap<String, SecretSource>,
+    #[serde(default)]
+    circuit_breaker: RawBreaker,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBreaker {
+    failures: u32,
+    failure_ratio: f64,
+    window_ms: u64,
+    open_ms: u64,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        let defaults = crate::host::BreakerSettings::default();
+        RawBreaker {
+            failures: defaults.failures,
+            failure_ratio: defaults.failure_ratio,
+            window_ms: defaults.window.as_millis() as u64,
+            open_ms: defaults.open_for.as_millis() as u64,
+        }
+    }
 }
 
 fn default_max_in_flight() -> usize {
@@ -613,6 +636,8 @@ pub struct StoreConfig {
     pub config_json: String,
     /// Resolved secret values by name.
     pub secrets: BTreeMap<String, Vec<u8>>,
+    /// When the store's circuit opens.
+    pub circuit_breaker: crate::host::BreakerSettings,
 }
 
 impl fmt::Debug for StoreConfig {
@@ -624,6 +649,7 @@ impl fmt::Debug for StoreConfig {
             .field("http_timeout", &self.http_timeout)
             .field("plugin_threads", &self.plugin_threads)
             .field("inline_calls", &self.inline_calls)
+            .field("circuit_breaker", &self.circuit_breaker)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -981,6 +1007,20 @@ fn validate_store(key: &str, store: RawStore, plugins_dir: &Path) -> Result<Stor
     if store.http_timeout_ms == 0 {
         return Err(ConfigError::new(format!("{key}.http_timeout_ms"), "must be at least 1"));
     }
+    let breaker = &store.circuit_breaker;
+    if !(breaker.failure_ratio > 0.0 && breaker.failure_ratio <= 1.0) {
+        return Err(ConfigError::new(format!("{key}.circuit_breaker.failure_ratio"), "must be above 0 and at most 1"));
+    }
+    if breaker.window_ms == 0 || breaker.open_ms == 0 {
+        let which = if breaker.window_ms == 0 { "window_ms" } else { "open_ms" };
+        return Err(ConfigError::new(format!("{key}.circuit_breaker.{which}"), "must be at least 1"));
+    }
+    let circuit_breaker = crate::host::BreakerSettings {
+        failures: breaker.failures,
+        failure_ratio: breaker.failure_ratio,
+        window: Duration::from_millis(breaker.window_ms),
+        open_for: Duration::from_millis(breaker.open_ms),
+    };
     let mut secrets = BTreeMap::new();
     for (name, source) in store.secrets {
         let secret_key = format!("{key}.secrets.{name}");
@@ -1003,6 +1043,7 @@ fn validate_store(key: &str, store: RawStore, plugins_dir: &Path) -> Result<Stor
         inline_calls: store.inline_calls,
         config_json: store.config.map(|value| value.to_string()).unwrap_or_default(),
         secrets,
+        circuit_breaker,
     })
 }
 

@@ -354,6 +354,20 @@ fn plugin_status(store: String, error: CallError) -> Status {
                 details,
             )
         }
+        CallError::CircuitOpen { retry_after, failures, calls } => {
+            let mut details = ErrorDetails::with_error_info("STORE_CIRCUIT_OPEN", DOMAIN, store_metadata(&store));
+            details.set_retry_info(Some(retry_after));
+            let why = if calls > 0 {
+                format!("{failures} of its last {calls} calls failed")
+            } else {
+                "a probe call is under way".to_owned()
+            };
+            Status::with_error_details(
+                Code::Unavailable,
+                format!("store `{store}` is failing ({why}): its calls fail fast until a probe is answered"),
+                details,
+            )
+        }
         CallError::Internal(detail) => {
             tracing::error!(store, detail, "plugin call failed inside the host");
             let details = ErrorDetails::with_error_info("HOST_ERROR", DOMAIN, store_metadata(&store));

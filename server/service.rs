@@ -484,6 +484,35 @@ async fn watch_ledger_health(ledger: Ledger, health: tonic_health::server::Healt
     }
 }
 
+/// How often each store's health is looked at.
+const STORE_HEALTH_EVERY: Duration = Duration::from_millis(250);
+
+/// Keeps each store's health entry true: NOT_SERVING while its circuit is
+/// open or its bulkhead is full, so a probe sees which store is degraded
+/// while the others, and the server, serve.
+async fn watch_store_health(host: Arc<PluginHost>, health: tonic_health::server::HealthReporter) {
+    let mut degraded: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    loop {
+        for store in host.stores() {
+            let why = store.degraded();
+            if why.is_some() == degraded.contains(store.id()) {
+                continue;
+            }
+            let name = store_health_name(store.id());
+            if let Some(why) = why {
+                tracing::warn!(store = store.id(), why, "store degraded: its health is NOT_SERVING");
+                degraded.insert(store.id().to_owned());
+                health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+            } else {
+                tracing::info!(store = store.id(), "store serving again");
+                degraded.remove(store.id());
+                health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+            }
+        }
+        tokio::time::sleep(STORE_HEALTH_EVERY).await;
+    }
+}
+
 /// Feeds one subscriber: the events after `after` that pass `filter`, read
 /// from the ledger, then each new one from this replica's event feed, until
 /// the subscriber goes away. It joins the feed before it reads, and events
@@ -625,6 +654,7 @@ pub(crate) async fn run(
     for id in host.store_ids() {
         health.set_service_status(store_health_name(&id), tonic_health::ServingStatus::Serving).await;
     }
+    let store_health = tokio::spawn(watch_store_health(host.clone(), health.clone()));
     if let Some(ledger) = &ledger {
         health.set_service_status(LEDGER_HEALTH, tonic_health::ServingStatus::Serving).await;
         tokio::spawn(watch_ledger_health(ledger.clone(), health.clone()));
@@ -703,6 +733,7 @@ pub(crate) async fn run(
     if let Some(acknowledger) = acknowledger {
         acknowledger.abort();
     }
+    store_health.abort();
     tracing::info!("iapd stopped");
     Ok(())
 }

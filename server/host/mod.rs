@@ -6,6 +6,7 @@
 //! `inline_calls` whose plugin declares a non-blocking `call` has its calls
 //! started on the runtime thread that received them, under a time budget.
 
+mod breaker;
 mod context;
 #[allow(unsafe_code)]
 mod ffi;
@@ -24,6 +25,8 @@ use prost::Message;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+pub use breaker::BreakerSettings;
+use breaker::{Breaker, Outcome};
 pub use context::HostCounters;
 use context::{ContextSettings, HostContext};
 pub use load::{DescriptorInfo, LoadError};
@@ -140,6 +143,7 @@ pub struct StorePlugin {
     context: Arc<HostContext>,
     in_flight: Semaphore,
     max_in_flight: usize,
+    breaker: Breaker,
     /// Calls start on the calling runtime thread (see `INLINE_CALL_BUDGET`).
     inline_calls: AtomicBool,
     /// When the latest inline overruns happened, oldest first.
@@ -221,6 +225,7 @@ impl StorePlugin {
             context,
             in_flight: Semaphore::new(store.max_in_flight),
             max_in_flight: store.max_in_flight,
+            breaker: Breaker::new(id, store.circuit_breaker),
             inline_calls: AtomicBool::new(store.inline_calls),
             inline_strikes: std::sync::Mutex::default(),
         })
@@ -284,10 +289,26 @@ impl StorePlugin {
         request: Vec<u8>,
         deadline: Instant,
     ) -> Result<Vec<u8>, CallError> {
+        // Before the bulkhead: a call that fails fast takes no slot.
+        let pass = self.breaker.pass()?;
         let _permit = self.in_flight.try_acquire().map_err(|_| CallError::Overloaded { limit: self.max_in_flight })?;
         let call_id = NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed);
         let span = tracing::debug_span!("plugin_call", store = %self.id, method, call_id);
-        self.call_inner(dispatch, call_id, method, request, deadline).instrument(span).await
+        let result = self.call_inner(dispatch, call_id, method, request, deadline).instrument(span).await;
+        self.breaker.record(pass, Outcome::of(&result));
+        result
+    }
+
+    /// Why the store cannot take calls now, if it cannot: its circuit is
+    /// open, or its bulkhead is full.
+    pub fn degraded(&self) -> Option<&'static str> {
+        if self.breaker.is_open() {
+            Some("its circuit is open: the store is failing")
+        } else if self.in_flight.available_permits() == 0 {
+            Some("it has max_in_flight calls in flight")
+        } else {
+            None
+        }
     }
 
     async fn call_inner(
@@ -421,6 +442,15 @@ pub enum CallError {
     Overloaded {
         /// Its limit.
         limit: usize,
+    },
+    /// The store's circuit is open: it has been failing, and calls fail fast.
+    CircuitOpen {
+        /// When a probe may go through.
+        retry_after: Duration,
+        /// The failures that opened it.
+        failures: u32,
+        /// Of this many calls.
+        calls: u32,
     },
     /// The host failed.
     Internal(String),
