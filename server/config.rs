@@ -48,6 +48,29 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     tenants: BTreeMap<String, RawTenant>,
+    #[serde(default)]
+    telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTelemetry {
+    otlp_endpoint: Option<String>,
+    service_name: String,
+    export_interval_ms: u64,
+    log_format: crate::telemetry::LogFormat,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        let defaults = crate::telemetry::TelemetryConfig::default();
+        RawTelemetry {
+            otlp_endpoint: None,
+            service_name: defaults.service_name,
+            export_interval_ms: defaults.export_interval.as_millis() as u64,
+            log_format: defaults.log_format,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -595,6 +618,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS for the listener; plaintext when `None`.
     pub tls: Option<TlsConfig>,
+    /// Logs, traces and metrics.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// The limits on connections, from `server.*`.
@@ -783,6 +808,7 @@ impl Config {
             },
             plugins_dir,
             auth: validate_auth(raw.auth, raw.tenants, &stores)?,
+            telemetry: validate_telemetry(raw.telemetry)?,
             tls: server.tls.map(|tls| TlsConfig {
                 cert_file: tls.cert_file,
                 key_file: tls.key_file,
@@ -896,6 +922,29 @@ fn validate_auth(
         tenants.insert(name, TenantConfig { apps, keys, clients });
     }
     Ok(AuthConfig { mode: auth.mode, tenants })
+}
+
+fn validate_telemetry(raw: RawTelemetry) -> Result<crate::telemetry::TelemetryConfig, ConfigError> {
+    let endpoint = raw.otlp_endpoint.filter(|endpoint| !endpoint.is_empty());
+    if let Some(endpoint) = &endpoint {
+        let url = reqwest::Url::parse(endpoint)
+            .map_err(|err| ConfigError::new("telemetry.otlp_endpoint", format!("`{endpoint}` is not a URL: {err}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ConfigError::new("telemetry.otlp_endpoint", "an OTLP/gRPC collector, http(s)://host:port"));
+        }
+    }
+    if raw.export_interval_ms == 0 {
+        return Err(ConfigError::new("telemetry.export_interval_ms", "must be at least 1"));
+    }
+    if raw.service_name.is_empty() {
+        return Err(ConfigError::new("telemetry.service_name", "must not be empty"));
+    }
+    Ok(crate::telemetry::TelemetryConfig {
+        otlp_endpoint: endpoint,
+        service_name: raw.service_name,
+        export_interval: Duration::from_millis(raw.export_interval_ms),
+        log_format: raw.log_format,
+    })
 }
 
 fn parse_sha256(text: &str) -> Option<[u8; 32]> {

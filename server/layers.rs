@@ -84,14 +84,22 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn rpc_span(request: &Request<Body>) -> tracing::Span {
     // The check layer has refused ids that are not short and printable.
     let request_id = request.headers().get("x-request-id").and_then(|value| value.to_str().ok()).unwrap_or("");
-    // The auth layer fills in who called.
-    tracing::info_span!(
+    // The auth layer fills in who called; the trace id is the caller's
+    // (traceparent) or a new one.
+    let span = tracing::info_span!(
         "rpc",
+        otel.kind = "server",
+        rpc.system = "grpc",
         method = %request.uri().path(),
         request_id,
         tenant = tracing::field::Empty,
-        credential = tracing::field::Empty
-    )
+        credential = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, request.headers());
+    span
 }
 
 /// Logs a failed call at a level by its cause: a caller's mistake, a cancel
@@ -104,7 +112,11 @@ impl OnFailure<GrpcFailureClass> for LogFailure {
     fn on_failure(&mut self, failure: GrpcFailureClass, latency: Duration, span: &tracing::Span) {
         let latency_ms = latency.as_secs_f64() * 1000.0;
         let code = match failure {
-            GrpcFailureClass::Code(code) => Code::from_i32(code.get()),
+            GrpcFailureClass::Code(code) => {
+                span.record("rpc.grpc.status_code", code.get());
+                span.record("otel.status_code", "ERROR");
+                Code::from_i32(code.get())
+            }
             GrpcFailureClass::Error(error) => {
                 tracing::debug!(parent: span, %error, latency_ms, "rpc ended in a transport error");
                 return;

@@ -14,6 +14,7 @@ pub mod host;
 mod layers;
 pub mod ledger;
 mod service;
+pub mod telemetry;
 mod tls;
 mod transport;
 mod validate;

@@ -66,14 +66,20 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    init_tracing()?;
+    let filter = log_filter()?;
     // Minting needs no configuration.
     if let Command::Keys(KeysCommand::New { tenant, name }) = &cli.command {
         return new_key(tenant, name);
     }
     let config = Config::load(&Sources { file: cli.config.clone() }).context("invalid configuration")?;
+    if let Command::Serve { listen } = cli.command {
+        return serve(config, listen, filter);
+    }
+    // The other commands log, and export nothing.
+    let logs_only = iapd::telemetry::TelemetryConfig { otlp_endpoint: None, ..config.telemetry.clone() };
+    let _telemetry = iapd::telemetry::init(filter, &logs_only)?;
     match cli.command {
-        Command::Serve { listen } => serve(config, listen),
+        Command::Serve { .. } => unreachable!("served above"),
         Command::CheckConfig => check_config(&config),
         Command::Plugins => list_plugins(&config),
         Command::Migrate => migrate(&config),
@@ -93,29 +99,32 @@ fn new_key(tenant: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs at `IAPD_LOG`'s filter, `info` when it is unset. A filter that does
-/// not parse is refused: falling back would hide the logs the operator asked for.
-fn init_tracing() -> anyhow::Result<()> {
+/// `IAPD_LOG`'s filter, `info` when it is unset. A filter that does not
+/// parse is refused: falling back would hide the logs the operator asked for.
+fn log_filter() -> anyhow::Result<tracing_subscriber::EnvFilter> {
     use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("IAPD_LOG") {
+    Ok(match std::env::var("IAPD_LOG") {
         Err(std::env::VarError::NotPresent) => EnvFilter::new("info"),
         Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("IAPD_LOG is not valid UTF-8"),
         Ok(directives) => EnvFilter::builder()
             .parse(&directives)
             // The parser's error repeats its source's text: show it once.
             .map_err(|err| anyhow::anyhow!("IAPD_LOG `{directives}` is not a log filter: {err}"))?,
-    };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
-    Ok(())
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
-fn serve(config: Config, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+fn serve(
+    config: Config,
+    listen: Option<std::net::SocketAddr>,
+    filter: tracing_subscriber::EnvFilter,
+) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
+        // Inside the runtime: the OTLP exporter's connection lives on it.
+        let _telemetry = iapd::telemetry::init(filter, &config.telemetry)?;
         let address = listen.unwrap_or(config.listen);
         let host = Arc::new(PluginHost::start(&config).await.context("cannot start the stores")?);
         let listener =

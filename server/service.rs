@@ -189,9 +189,10 @@ impl PurchaseApi {
     }
 }
 
-#[tonic::async_trait]
-impl PurchaseService for PurchaseApi {
-    async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+/// The RPCs' bodies, each metered by the trait's method of the same name
+/// below.
+impl PurchaseApi {
+    async fn verify_rpc(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let deadline = self.deadline(&request);
         let caller = Caller::of(&request)?;
         let mut request = request.into_inner();
@@ -225,7 +226,7 @@ impl PurchaseService for PurchaseApi {
         Ok(Response::new(answer))
     }
 
-    async fn acknowledge(
+    async fn acknowledge_rpc(
         &self,
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
@@ -257,7 +258,7 @@ impl PurchaseService for PurchaseApi {
         Ok(Response::new(pb::AcknowledgeResponse { already_acknowledged: answer.already_acknowledged }))
     }
 
-    async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
+    async fn consume_rpc(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
         let deadline = self.deadline(&request);
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
@@ -283,7 +284,7 @@ impl PurchaseService for PurchaseApi {
         Ok(Response::new(pb::ConsumeResponse { already_consumed: answer.already_consumed }))
     }
 
-    async fn list_items(
+    async fn list_items_rpc(
         &self,
         request: Request<pb::ListItemsRequest>,
     ) -> Result<Response<pb::ListItemsResponse>, Status> {
@@ -308,7 +309,7 @@ impl PurchaseService for PurchaseApi {
         }))
     }
 
-    async fn grant(&self, request: Request<pb::GrantRequest>) -> Result<Response<pb::GrantResponse>, Status> {
+    async fn grant_rpc(&self, request: Request<pb::GrantRequest>) -> Result<Response<pb::GrantResponse>, Status> {
         let deadline = self.deadline(&request);
         let apps = Caller::of(&request)?.apps();
         let request = request.into_inner();
@@ -329,7 +330,7 @@ impl PurchaseService for PurchaseApi {
         }))
     }
 
-    async fn confirm_grant(
+    async fn confirm_grant_rpc(
         &self,
         request: Request<pb::ConfirmGrantRequest>,
     ) -> Result<Response<pb::ConfirmGrantResponse>, Status> {
@@ -342,7 +343,7 @@ impl PurchaseService for PurchaseApi {
         Ok(Response::new(pb::ConfirmGrantResponse { already_confirmed }))
     }
 
-    async fn get_entitlements(
+    async fn get_entitlements_rpc(
         &self,
         request: Request<pb::GetEntitlementsRequest>,
     ) -> Result<Response<pb::GetEntitlementsResponse>, Status> {
@@ -369,7 +370,7 @@ impl PurchaseService for PurchaseApi {
         }))
     }
 
-    async fn list_purchases(
+    async fn list_purchases_rpc(
         &self,
         request: Request<pb::ListPurchasesRequest>,
     ) -> Result<Response<pb::ListPurchasesResponse>, Status> {
@@ -399,13 +400,10 @@ impl PurchaseService for PurchaseApi {
         }))
     }
 
-    type WatchEventsStream =
-        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
-
-    async fn watch_events(
+    async fn watch_events_rpc(
         &self,
         request: Request<pb::WatchEventsRequest>,
-    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+    ) -> Result<Response<EventStream>, Status> {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let ledger = self.ledger("WatchEvents")?.clone();
@@ -420,7 +418,7 @@ impl PurchaseService for PurchaseApi {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
     }
 
-    async fn list_stores(
+    async fn list_stores_rpc(
         &self,
         request: Request<pb::ListStoresRequest>,
     ) -> Result<Response<pb::ListStoresResponse>, Status> {
@@ -454,6 +452,123 @@ impl PurchaseService for PurchaseApi {
     }
 }
 
+#[tonic::async_trait]
+impl PurchaseService for PurchaseApi {
+    type WatchEventsStream = EventStream;
+
+    async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+        let (started, store) = (Instant::now(), request.get_ref().store.clone());
+        let answer = self.verify_rpc(request).await;
+        metered(
+            "Verify",
+            &store,
+            answer.as_ref().map_or("", |answer| answer.get_ref().verdict().as_str_name()),
+            &answer,
+            started,
+        );
+        answer
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<pb::AcknowledgeRequest>,
+    ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
+        let (started, store) = (Instant::now(), request.get_ref().store.clone());
+        let answer = self.acknowledge_rpc(request).await;
+        metered("Acknowledge", &store, "", &answer, started);
+        answer
+    }
+
+    async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
+        let (started, store) = (Instant::now(), request.get_ref().store.clone());
+        let answer = self.consume_rpc(request).await;
+        metered("Consume", &store, "", &answer, started);
+        answer
+    }
+
+    async fn list_items(
+        &self,
+        request: Request<pb::ListItemsRequest>,
+    ) -> Result<Response<pb::ListItemsResponse>, Status> {
+        let (started, store) = (Instant::now(), request.get_ref().store.clone());
+        let answer = self.list_items_rpc(request).await;
+        metered("ListItems", &store, "", &answer, started);
+        answer
+    }
+
+    async fn grant(&self, request: Request<pb::GrantRequest>) -> Result<Response<pb::GrantResponse>, Status> {
+        let (started, store) = (Instant::now(), String::new());
+        let answer = self.grant_rpc(request).await;
+        metered("Grant", &store, "", &answer, started);
+        answer
+    }
+
+    async fn confirm_grant(
+        &self,
+        request: Request<pb::ConfirmGrantRequest>,
+    ) -> Result<Response<pb::ConfirmGrantResponse>, Status> {
+        let (started, store) = (Instant::now(), String::new());
+        let answer = self.confirm_grant_rpc(request).await;
+        metered("ConfirmGrant", &store, "", &answer, started);
+        answer
+    }
+
+    async fn get_entitlements(
+        &self,
+        request: Request<pb::GetEntitlementsRequest>,
+    ) -> Result<Response<pb::GetEntitlementsResponse>, Status> {
+        let (started, store) = (Instant::now(), String::new());
+        let answer = self.get_entitlements_rpc(request).await;
+        metered("GetEntitlements", &store, "", &answer, started);
+        answer
+    }
+
+    async fn list_purchases(
+        &self,
+        request: Request<pb::ListPurchasesRequest>,
+    ) -> Result<Response<pb::ListPurchasesResponse>, Status> {
+        let (started, store) = (Instant::now(), String::new());
+        let answer = self.list_purchases_rpc(request).await;
+        metered("ListPurchases", &store, "", &answer, started);
+        answer
+    }
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let (started, store) = (Instant::now(), String::new());
+        let answer = self.watch_events_rpc(request).await;
+        metered("WatchEvents", &store, "", &answer, started);
+        answer
+    }
+
+    async fn list_stores(
+        &self,
+        request: Request<pb::ListStoresRequest>,
+    ) -> Result<Response<pb::ListStoresResponse>, Status> {
+        let (started, store) = (Instant::now(), String::new());
+        let answer = self.list_stores_rpc(request).await;
+        metered("ListStores", &store, "", &answer, started);
+        answer
+    }
+}
+
+/// The stream WatchEvents answers with.
+type EventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+
+/// Records an answered RPC in the metrics.
+fn metered<T>(
+    method: &'static str,
+    store: &str,
+    verdict: &'static str,
+    answer: &Result<Response<T>, Status>,
+    started: Instant,
+) {
+    let code = answer.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+    crate::telemetry::rpc_answered(method, store, verdict, code, started.elapsed());
+}
+
 /// A purchase whose acknowledgement deadline is nearer than this is at risk.
 const ACK_AT_RISK_WITHIN: Duration = Duration::from_secs(24 * 3600);
 
@@ -482,6 +597,36 @@ async fn watch_ledger_health(ledger: Ledger, health: tonic_health::server::Healt
             }
         }
     }
+}
+
+/// Gauges read from the stores whenever metrics are exported: calls in
+/// flight and inline calls that overran their budget, per store. Kept while
+/// the server runs.
+fn store_gauges(host: &Arc<PluginHost>) -> impl Sized {
+    use opentelemetry::KeyValue;
+    let meter = opentelemetry::global::meter("iapd");
+    let stores = host.clone();
+    let in_flight = meter
+        .u64_observable_gauge("iapd.store.in_flight")
+        .with_description("plugin calls in flight, per store")
+        .with_callback(move |observer| {
+            for store in stores.stores() {
+                observer.observe(store.calls_in_flight() as u64, &[KeyValue::new("store", store.id().to_owned())]);
+            }
+        })
+        .build();
+    let stores = host.clone();
+    let overruns = meter
+        .u64_observable_counter("iapd.plugin.inline_overruns")
+        .with_description("inline plugin calls that held a runtime thread past their budget")
+        .with_callback(move |observer| {
+            for store in stores.stores() {
+                let overruns = store.counters().inline_overruns.load(std::sync::atomic::Ordering::Relaxed);
+                observer.observe(overruns, &[KeyValue::new("store", store.id().to_owned())]);
+            }
+        })
+        .build();
+    (in_flight, overruns)
 }
 
 /// How often each store's health is looked at.
@@ -655,6 +800,7 @@ pub(crate) async fn run(
         health.set_service_status(store_health_name(&id), tonic_health::ServingStatus::Serving).await;
     }
     let store_health = tokio::spawn(watch_store_health(host.clone(), health.clone()));
+    let _store_gauges = store_gauges(&host);
     if let Some(ledger) = &ledger {
         health.set_service_status(LEDGER_HEALTH, tonic_health::ServingStatus::Serving).await;
         tokio::spawn(watch_ledger_health(ledger.clone(), health.clone()));

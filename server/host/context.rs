@@ -12,6 +12,7 @@ use iapd_sdk_plugin::abi::{self, status};
 use iapd_sdk_plugin::proto;
 use prost::Message;
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use super::ffi::{HttpDone, TimerDone};
 use super::pool::PluginThreads;
@@ -37,6 +38,14 @@ pub(crate) struct Completion {
 struct PendingCall {
     sender: oneshot::Sender<Completion>,
     deadline: Instant,
+    /// The call's span, the parent of its HTTP requests' spans.
+    span: tracing::Span,
+    /// HTTP requests sent so far, by method and URL without its query: a
+    /// repeat is a retry.
+    requests: HashMap<String, u32>,
+    /// Timer delays the plugin asked for since its last HTTP request: the
+    /// wait before a retry.
+    waited: Duration,
 }
 
 /// Counters a test or metric can read.
@@ -96,9 +105,17 @@ impl HostContext {
 
     /// Registers a call before it is started, so a completion that arrives
     /// before `call` returns finds it.
+    /// Registers a call; its HTTP requests are traced under the current span.
     pub(crate) fn register(&self, call_id: u64, deadline: Instant) -> oneshot::Receiver<Completion> {
         let (sender, receiver) = oneshot::channel();
-        lock(&self.calls).insert(call_id, PendingCall { sender, deadline });
+        let call = PendingCall {
+            sender,
+            deadline,
+            span: tracing::Span::current(),
+            requests: HashMap::new(),
+            waited: Duration::ZERO,
+        };
+        lock(&self.calls).insert(call_id, call);
         receiver
     }
 
@@ -156,12 +173,15 @@ impl HostContext {
         let target = String::from_utf8_lossy(target);
         let message = self.redact(&String::from_utf8_lossy(message));
         let store = &self.store_id;
+        // In the call's span, so that the line carries the RPC's request and
+        // trace ids (a line outside any call has none).
+        let span = lock(&self.calls).get(&call_id).map_or_else(tracing::Span::none, |call| call.span.clone());
         match level {
-            0 | 1 => tracing::error!(store, call_id, plugin_target = %target, "{message}"),
-            2 => tracing::warn!(store, call_id, plugin_target = %target, "{message}"),
-            3 => tracing::info!(store, call_id, plugin_target = %target, "{message}"),
-            4 => tracing::debug!(store, call_id, plugin_target = %target, "{message}"),
-            _ => tracing::trace!(store, call_id, plugin_target = %target, "{message}"),
+            0 | 1 => tracing::error!(parent: &span, store, call_id, plugin_target = %target, "{message}"),
+            2 => tracing::warn!(parent: &span, store, call_id, plugin_target = %target, "{message}"),
+            3 => tracing::info!(parent: &span, store, call_id, plugin_target = %target, "{message}"),
+            4 => tracing::debug!(parent: &span, store, call_id, plugin_target = %target, "{message}"),
+            _ => tracing::trace!(parent: &span, store, call_id, plugin_target = %target, "{message}"),
         }
     }
 
@@ -213,13 +233,65 @@ impl HostContext {
         // Never wait past the call's deadline: nobody would read the answer.
         let timeout = self.time_left(call_id).map_or(asked, |left| asked.min(left));
         self.counters.http_requests.fetch_add(1, Ordering::Relaxed);
+        // The path may hold a secret (Amazon's is a path segment); the query is left out.
+        let path = self.redact(url.path());
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let (parent, attempt, retry_wait) = {
+            let mut calls = lock(&self.calls);
+            match calls.get_mut(&call_id) {
+                Some(call) => {
+                    let attempt = call.requests.entry(format!("{method} {host}{path}")).or_insert(0);
+                    *attempt += 1;
+                    (call.span.clone(), *attempt, std::mem::take(&mut call.waited))
+                }
+                None => (tracing::Span::none(), 1, Duration::ZERO),
+            }
+        };
+        let span = tracing::debug_span!(
+            parent: &parent,
+            "upstream",
+            otel.kind = "client",
+            store = %self.store_id,
+            http.request.method = %method,
+            server.address = %host,
+            url.path = %path,
+            attempt,
+            retry_wait_ms = retry_wait.as_millis() as u64,
+            http.response.status_code = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let metrics = &crate::telemetry::METRICS;
+        let store_label = opentelemetry::KeyValue::new("store", self.store_id.clone());
+        if attempt > 1 {
+            metrics.upstream_retries.add(1, std::slice::from_ref(&store_label));
+            metrics.upstream_retry_wait.record(retry_wait.as_secs_f64(), std::slice::from_ref(&store_label));
+        }
+        let method_label = opentelemetry::KeyValue::new("http.request.method", method.to_string());
         let builder = self.http.request(method, url).headers(headers).body(request.body).timeout(timeout);
         let context = self.clone();
+        let traced = span.clone();
         self.runtime.spawn(async move {
-            let (code, body) = match execute(builder).await {
-                Ok(response) => (status::OK, response.encode_to_vec()),
-                Err(code) => (code, Vec::new()),
+            let started = Instant::now();
+            let (code, body, outcome) = match execute(builder).instrument(traced.clone()).await {
+                Ok(response) => {
+                    traced.record("http.response.status_code", response.status);
+                    (status::OK, response.encode_to_vec(), response.status.to_string())
+                }
+                Err(code) => {
+                    let error = match code {
+                        status::DEADLINE_EXCEEDED => "timeout",
+                        status::UNAVAILABLE => "unreachable",
+                        _ => "answer_too_large",
+                    };
+                    traced.record("error", error);
+                    (code, Vec::new(), error.to_owned())
+                }
             };
+            metrics.upstream_duration.record(
+                started.elapsed().as_secs_f64(),
+                &[store_label, method_label, opentelemetry::KeyValue::new("http.response.status_code", outcome)],
+            );
+            drop(traced);
             tracing::trace!(store = %context.store_id, call_id, code, "http answer delivered to the plugin");
             // Delivered later, never inside http_send, and on the plugin
             // threads: the plugin's code runs in `done`.
@@ -235,6 +307,9 @@ impl HostContext {
             Some(left) if left < delay => (left, status::DEADLINE_EXCEEDED),
             _ => (delay, status::OK),
         };
+        if let Some(call) = lock(&self.calls).get_mut(&call_id) {
+            call.waited += delay;
+        }
         let context = self.clone();
         self.runtime.spawn(async move {
             tokio::time::sleep(delay).await;

@@ -93,7 +93,11 @@ async fn run(pool: AnyPool, backend: Backend, wake: Wake, mut queue: mpsc::Recei
         }
         let started = std::time::Instant::now();
         let outcome = write_retrying(&pool, backend, &batch).await;
-        tracing::debug!(verifies = batch.len(), took_us = started.elapsed().as_micros() as u64, "recorded a batch");
+        let took = started.elapsed();
+        tracing::debug!(verifies = batch.len(), took_us = took.as_micros() as u64, "recorded a batch");
+        let metrics = &crate::telemetry::METRICS;
+        metrics.ledger_batch_size.record(batch.len() as u64, &[]);
+        metrics.ledger_batch_duration.record(took.as_secs_f64(), &[]);
         let outcomes: Vec<Result<Recorded, LedgerError>> = match outcome {
             Ok(written) => wake.after(written).into_iter().map(Ok).collect(),
             // One Verify the database refuses must not fail the others:

@@ -22,5 +22,6 @@ mod microsoft_store; // the Microsoft Store plugin in the real binary against it
 mod proto_lint; // buf lint on the public API
 mod samsung; // the Samsung plugin in the real binary against its emulator, and the README's Samsung walkthrough
 mod support;
+mod telemetry; // OTLP export to an in-process collector: one Verify's span tree against Google Play, its metrics
 mod transport;
 mod trouble; // stores under trouble: one at its bulkhead beside one answering, health per store, circuit breaking // connections and the call contract under hostile clients, over raw HTTP/2

@@ -168,8 +168,13 @@ impl Server {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // A text line has `address=…`, a JSON one `"address":"…"`.
                 if line.contains("iapd serving")
-                    && let Some(address) = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next())
+                    && let Some(address) = line
+                        .split("address=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .or_else(|| line.split("\"address\":\"").nth(1).and_then(|rest| rest.split('"').next()))
                 {
                     let _ = address_tx.send(address.parse::<SocketAddr>().ok());
                 }
