@@ -50,6 +50,47 @@ struct RawConfig {
     tenants: BTreeMap<String, RawTenant>,
     #[serde(default)]
     telemetry: RawTelemetry,
+    #[serde(default)]
+    rate_limits: RawRateLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRateLimits {
+    redis_url: Option<String>,
+    key_prefix: String,
+}
+
+impl Default for RawRateLimits {
+    fn default() -> Self {
+        RawRateLimits { redis_url: None, key_prefix: "iapd".to_owned() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    requests: u32,
+    window_ms: u64,
+}
+
+/// Where store quotas are counted, from `rate_limits.*`.
+#[derive(Clone, Default)]
+pub struct RateLimitsConfig {
+    /// Redis, to count with the other replicas; each replica alone when `None`.
+    pub redis_url: Option<String>,
+    /// The prefix of the Redis keys.
+    pub key_prefix: String,
+}
+
+impl fmt::Debug for RateLimitsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("RateLimitsConfig")
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "[set]"))
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -422,6 +463,8 @@ struct RawStore {
     secrets: BTreeMap<String, SecretSource>,
     #[serde(default)]
     circuit_breaker: RawBreaker,
+    #[serde(default)]
+    rate_limit: Option<RawRateLimit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -620,6 +663,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Logs, traces and metrics.
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// Where store quotas are counted.
+    pub rate_limits: RateLimitsConfig,
 }
 
 /// The limits on connections, from `server.*`.
@@ -663,6 +708,8 @@ pub struct StoreConfig {
     pub secrets: BTreeMap<String, Vec<u8>>,
     /// When the store's circuit opens.
     pub circuit_breaker: crate::host::BreakerSettings,
+    /// The store's request quota; none when `None`.
+    pub rate_limit: Option<crate::host::RateLimit>,
 }
 
 impl fmt::Debug for StoreConfig {
@@ -675,6 +722,7 @@ impl fmt::Debug for StoreConfig {
             .field("plugin_threads", &self.plugin_threads)
             .field("inline_calls", &self.inline_calls)
             .field("circuit_breaker", &self.circuit_breaker)
+            .field("rate_limit", &self.rate_limit)
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -809,6 +857,7 @@ impl Config {
             plugins_dir,
             auth: validate_auth(raw.auth, raw.tenants, &stores)?,
             telemetry: validate_telemetry(raw.telemetry)?,
+            rate_limits: validate_rate_limits(raw.rate_limits)?,
             tls: server.tls.map(|tls| TlsConfig {
                 cert_file: tls.cert_file,
                 key_file: tls.key_file,
@@ -922,6 +971,20 @@ fn validate_auth(
         tenants.insert(name, TenantConfig { apps, keys, clients });
     }
     Ok(AuthConfig { mode: auth.mode, tenants })
+}
+
+fn validate_rate_limits(raw: RawRateLimits) -> Result<RateLimitsConfig, ConfigError> {
+    let redis_url = raw.redis_url.filter(|url| !url.is_empty());
+    if let Some(url) = &redis_url
+        && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://"))
+    {
+        // Not echoed: a URL may hold a password.
+        return Err(ConfigError::new("rate_limits.redis_url", "must start with redis://, rediss:// or redis+unix://"));
+    }
+    if raw.key_prefix.is_empty() || raw.key_prefix.contains(char::is_whitespace) {
+        return Err(ConfigError::new("rate_limits.key_prefix", "must be a word without spaces"));
+    }
+    Ok(RateLimitsConfig { redis_url, key_prefix: raw.key_prefix })
 }
 
 fn validate_telemetry(raw: RawTelemetry) -> Result<crate::telemetry::TelemetryConfig, ConfigError> {
@@ -1064,6 +1127,16 @@ fn validate_store(key: &str, store: RawStore, plugins_dir: &Path) -> Result<Stor
         let which = if breaker.window_ms == 0 { "window_ms" } else { "open_ms" };
         return Err(ConfigError::new(format!("{key}.circuit_breaker.{which}"), "must be at least 1"));
     }
+    let rate_limit = match store.rate_limit {
+        Some(limit) if limit.requests == 0 || limit.window_ms == 0 => {
+            let which = if limit.requests == 0 { "requests" } else { "window_ms" };
+            return Err(ConfigError::new(format!("{key}.rate_limit.{which}"), "must be at least 1"));
+        }
+        Some(limit) => {
+            Some(crate::host::RateLimit { requests: limit.requests, window: Duration::from_millis(limit.window_ms) })
+        }
+        None => None,
+    };
     let circuit_breaker = crate::host::BreakerSettings {
         failures: breaker.failures,
         failure_ratio: breaker.failure_ratio,
@@ -1093,6 +1166,7 @@ fn validate_store(key: &str, store: RawStore, plugins_dir: &Path) -> Result<Stor
         config_json: store.config.map(|value| value.to_string()).unwrap_or_default(),
         secrets,
         circuit_breaker,
+        rate_limit,
     })
 }
 

@@ -354,6 +354,20 @@ fn plugin_status(store: String, error: CallError) -> Status {
                 details,
             )
         }
+        CallError::RateLimited { retry_after, limit } => {
+            let mut details = ErrorDetails::with_error_info("STORE_QUOTA_EXHAUSTED", DOMAIN, store_metadata(&store));
+            details.set_retry_info(Some(retry_after));
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                format!(
+                    "store `{store}`: its quota ({} calls per {} ms) has no room before the call's deadline; the next window begins in {} ms",
+                    limit.requests,
+                    limit.window.as_millis(),
+                    retry_after.as_millis()
+                ),
+                details,
+            )
+        }
         CallError::CircuitOpen { retry_after, failures, calls } => {
             let mut details = ErrorDetails::with_error_info("STORE_CIRCUIT_OPEN", DOMAIN, store_metadata(&store));
             details.set_retry_info(Some(retry_after));

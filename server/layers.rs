@@ -96,7 +96,6 @@ fn rpc_span(request: &Request<Body>) -> tracing::Span {
         credential = tracing::field::Empty,
         trace_id = tracing::field::Empty,
         rpc.grpc.status_code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
     );
     crate::telemetry::continue_trace(&span, request.headers());
     span
@@ -114,7 +113,6 @@ impl OnFailure<GrpcFailureClass> for LogFailure {
         let code = match failure {
             GrpcFailureClass::Code(code) => {
                 span.record("rpc.grpc.status_code", code.get());
-                span.record("otel.status_code", "ERROR");
                 Code::from_i32(code.get())
             }
             GrpcFailureClass::Error(error) => {

@@ -103,10 +103,10 @@ pub fn init(filter: tracing_subscriber::EnvFilter, config: &TelemetryConfig) -> 
             .with_span_list(true)
             .with_writer(std::io::stderr)
             .boxed(),
-    }
-    .with_filter(filter);
+    };
     let Some(endpoint) = &config.otlp_endpoint else {
         tracing_subscriber::registry()
+            .with(filter)
             .with(logs)
             .try_init()
             .map_err(|err| TelemetryError::Subscriber(err.to_string()))?;
@@ -141,17 +141,80 @@ pub fn init(filter: tracing_subscriber::EnvFilter, config: &TelemetryConfig) -> 
     let meter =
         opentelemetry_sdk::metrics::SdkMeterProvider::builder().with_reader(reader).with_resource(resource).build();
     opentelemetry::global::set_meter_provider(meter.clone());
-    // Spans are exported from iapd's own code only, down to the plugin calls
-    // and upstream requests (DEBUG), whatever the log filter says.
-    let traces = tracing_opentelemetry::layer()
-        .with_tracer(tracer.tracer("iapd"))
-        .with_filter(tracing_subscriber::filter::Targets::new().with_target("iapd", tracing::Level::DEBUG));
+    // Spans are exported from iapd's own code down to the plugin calls and
+    // upstream requests (DEBUG), whatever the log filter says; log lines keep
+    // to the log filter. Filters are global, not per layer: a per-layer
+    // filter loses the event after a `tracing::enabled!` check (sqlx makes
+    // one before each query), so log lines would go missing.
+    let exported = std::env::var("IAPD_LOG").unwrap_or_else(|_| "info".to_owned());
+    let global = tracing_subscriber::EnvFilter::builder()
+        .parse(format!("{exported},iapd=debug"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,iapd=debug"));
+    let traces = tracing_opentelemetry::layer().with_tracer(tracer.tracer("iapd"));
     tracing_subscriber::registry()
-        .with(logs)
+        .with(global)
+        .with(EventGate { inner: logs, filter })
         .with(traces)
         .try_init()
         .map_err(|err| TelemetryError::Subscriber(err.to_string()))?;
     Ok(Telemetry { tracer: Some(tracer), meter: Some(meter) })
+}
+
+/// A layer that sees every span but only the events `filter` enables: the
+/// log lines at the log filter's level while spans reach the exporter.
+struct EventGate<L> {
+    inner: L,
+    filter: tracing_subscriber::EnvFilter,
+}
+
+impl<S, L> tracing_subscriber::Layer<S> for EventGate<L>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    L: tracing_subscriber::Layer<S>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.inner.on_register_dispatch(subscriber);
+    }
+
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.inner.on_layer(subscriber);
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.inner.on_new_span(attrs, id, ctx);
+    }
+
+    fn on_record(
+        &self,
+        span: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.inner.on_record(span, values, ctx);
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if tracing_subscriber::Layer::<S>::enabled(&self.filter, event.metadata(), ctx.clone()) {
+            self.inner.on_event(event, ctx);
+        }
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.inner.on_enter(id, ctx);
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.inner.on_exit(id, ctx);
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.inner.on_close(id, ctx);
+    }
 }
 
 /// The trace the caller's `traceparent` header names, made the parent of
@@ -199,6 +262,10 @@ pub(crate) struct Metrics {
     pub upstream_retries: Counter<u64>,
     /// How long a plugin waited before a retry, by store.
     pub upstream_retry_wait: Histogram<f64>,
+    /// How long HTTP requests waited for room in their store's quota, by store.
+    pub rate_limit_wait: Histogram<f64>,
+    /// Calls ended because their store's quota had no room before their deadline, by store.
+    pub rate_limited: Counter<u64>,
     /// Verifies per ledger batch.
     pub ledger_batch_size: Histogram<u64>,
     /// How long a ledger batch took to commit.
@@ -217,6 +284,8 @@ pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             .build(),
         upstream_retries: meter.u64_counter("iapd.upstream.retries").build(),
         upstream_retry_wait: meter.f64_histogram("iapd.upstream.retry_wait").with_unit("s").build(),
+        rate_limit_wait: meter.f64_histogram("iapd.upstream.rate_limit_wait").with_unit("s").build(),
+        rate_limited: meter.u64_counter("iapd.upstream.rate_limited").build(),
         ledger_batch_size: meter.u64_histogram("iapd.ledger.batch.size").build(),
         ledger_batch_duration: meter.f64_histogram("iapd.ledger.batch.duration").with_unit("s").build(),
     }

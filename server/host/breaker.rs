@@ -80,7 +80,12 @@ impl Outcome {
             // The caller's deadline, which may be shorter than any store
             // answers in: the store's own timeouts come back as failures.
             Err(CallError::DeadlineExceeded) => Outcome::Neither,
-            Err(CallError::Refused { .. } | CallError::Overloaded { .. } | CallError::CircuitOpen { .. })
+            Err(
+                CallError::Refused { .. }
+                | CallError::Overloaded { .. }
+                | CallError::CircuitOpen { .. }
+                | CallError::RateLimited { .. },
+            )
             | Err(CallError::Internal(_)) => Outcome::Neither,
         }
     }

@@ -104,8 +104,8 @@ impl HostContext {
     }
 
     /// Registers a call before it is started, so a completion that arrives
-    /// before `call` returns finds it.
-    /// Registers a call; its HTTP requests are traced under the current span.
+    /// before `call` returns finds it. Its HTTP requests are traced under the
+    /// current span.
     pub(crate) fn register(&self, call_id: u64, deadline: Instant) -> oneshot::Receiver<Completion> {
         let (sender, receiver) = oneshot::channel();
         let call = PendingCall {

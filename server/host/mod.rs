@@ -12,6 +12,7 @@ mod context;
 mod ffi;
 pub mod load;
 mod pool;
+mod quota;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use breaker::{Breaker, Outcome};
 pub use context::HostCounters;
 use context::{ContextSettings, HostContext};
 pub use load::{DescriptorInfo, LoadError};
+pub use quota::RateLimit;
 
 use crate::config::{Config, Origin, StoreConfig};
 
@@ -45,6 +47,10 @@ const INLINE_CALL_BUDGET: Duration = Duration::from_millis(5);
 /// runtime.
 const INLINE_STRIKES: usize = 3;
 const INLINE_STRIKE_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long before its deadline a call stops waiting for its store's quota,
+/// so that it is answered RESOURCE_EXHAUSTED in time.
+const QUOTA_MARGIN: Duration = Duration::from_millis(50);
 
 /// What `iapd plugins` shows about a plugin file, without starting it.
 #[derive(Debug, Clone)]
@@ -101,10 +107,19 @@ impl PluginHost {
             .tcp_nodelay(true)
             .build()
             .map_err(|err| StartError(vec![format!("cannot build the http client: {err}")]))?;
+        // One Redis client for every store's shared quota; it connects when
+        // first needed.
+        let redis = match &config.rate_limits.redis_url {
+            Some(url) => Some(redis::Client::open(url.as_str()).map_err(|err| {
+                StartError(vec![format!("rate_limits.redis_url: not a redis url ({:?})", err.kind())])
+            })?),
+            None => None,
+        };
+        let shared = redis.as_ref().map(|client| (client, config.rate_limits.key_prefix.as_str()));
         let mut stores = BTreeMap::new();
         let mut errors = Vec::new();
         for (id, store) in &config.stores {
-            match StorePlugin::start(id, store, http.clone()).await {
+            match StorePlugin::start(id, store, http.clone(), shared).await {
                 Ok(plugin) => {
                     stores.insert(id.clone(), Arc::new(plugin));
                 }
@@ -144,6 +159,7 @@ pub struct StorePlugin {
     in_flight: Semaphore,
     max_in_flight: usize,
     breaker: Breaker,
+    quota: Option<quota::Quota>,
     /// Calls start on the calling runtime thread (see `INLINE_CALL_BUDGET`).
     inline_calls: AtomicBool,
     /// When the latest inline overruns happened, oldest first.
@@ -159,7 +175,12 @@ impl std::fmt::Debug for StorePlugin {
 static NEXT_CALL_ID: AtomicU64 = AtomicU64::new(1);
 
 impl StorePlugin {
-    async fn start(id: &str, store: &StoreConfig, http: reqwest::Client) -> Result<StorePlugin, LoadError> {
+    async fn start(
+        id: &str,
+        store: &StoreConfig,
+        http: reqwest::Client,
+        redis: Option<(&redis::Client, &str)>,
+    ) -> Result<StorePlugin, LoadError> {
         let path = store.plugin_path.clone();
         // Loading runs library initializers: keep it off the runtime workers.
         let (meta, descriptor) = tokio::task::spawn_blocking(move || open_checked(&path)).await.map_err(|err| {
@@ -191,6 +212,13 @@ impl StorePlugin {
             path: meta.path.clone(),
             reason: format!("cannot start the plugin threads: {err}"),
         })?;
+        let quota = match store.rate_limit {
+            Some(limit) => Some(quota::Quota::new(id, limit, redis).map_err(|err| LoadError::Open {
+                path: meta.path.clone(),
+                reason: format!("cannot set up the rate limit's redis connection: {:?}", err.kind()),
+            })?),
+            None => None,
+        };
         let context = Arc::new(HostContext::new(ContextSettings {
             store_id: id.to_owned(),
             origins,
@@ -226,6 +254,7 @@ impl StorePlugin {
             in_flight: Semaphore::new(store.max_in_flight),
             max_in_flight: store.max_in_flight,
             breaker: Breaker::new(id, store.circuit_breaker),
+            quota,
             inline_calls: AtomicBool::new(store.inline_calls),
             inline_strikes: std::sync::Mutex::default(),
         })
@@ -293,7 +322,30 @@ impl StorePlugin {
         let pass = self.breaker.pass()?;
         let _permit = self.in_flight.try_acquire().map_err(|_| CallError::Overloaded { limit: self.max_in_flight })?;
         let call_id = NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::debug_span!("plugin_call", store = %self.id, method, call_id);
+        let span = tracing::debug_span!(
+            "plugin_call",
+            store = %self.id,
+            method,
+            call_id,
+            rate_limit_wait_ms = tracing::field::Empty
+        );
+        if let Some(quota) = &self.quota {
+            // Told before the deadline, with time to spare for the answer.
+            let waited = quota.take(deadline.checked_sub(QUOTA_MARGIN).unwrap_or(deadline)).await;
+            let store = [opentelemetry::KeyValue::new("store", self.id.clone())];
+            let metrics = &crate::telemetry::METRICS;
+            match waited {
+                Ok(waited) if waited.is_zero() => {}
+                Ok(waited) => {
+                    span.record("rate_limit_wait_ms", waited.as_millis() as u64);
+                    metrics.rate_limit_wait.record(waited.as_secs_f64(), &store);
+                }
+                Err(retry_after) => {
+                    metrics.rate_limited.add(1, &store);
+                    return Err(CallError::RateLimited { retry_after, limit: quota.limit() });
+                }
+            }
+        }
         let result = self.call_inner(dispatch, call_id, method, request, deadline).instrument(span).await;
         self.breaker.record(pass, Outcome::of(&result));
         result
@@ -442,6 +494,13 @@ pub enum CallError {
     Overloaded {
         /// Its limit.
         limit: usize,
+    },
+    /// The store's quota had no room before the call's deadline.
+    RateLimited {
+        /// When the next window begins.
+        retry_after: Duration,
+        /// The quota.
+        limit: RateLimit,
     },
     /// The store's circuit is open: it has been failing, and calls fail fast.
     CircuitOpen {

@@ -115,3 +115,91 @@ async fn a_failing_store_fails_fast_until_a_probe_is_answered() {
     let logs = server.logs();
     assert!(logs.contains("circuit opened") && logs.contains("circuit closed"), "{logs}");
 }
+
+fn play_verify(token: &str, timeout: Duration) -> tonic::Request<pb::VerifyRequest> {
+    let mut request = tonic::Request::new(pb::VerifyRequest {
+        store: "google-play".into(),
+        app_id: "com.example.game".into(),
+        product_id: "coins_100".into(),
+        proof: crate::support::token(token),
+        user_id: "user-42".into(),
+    });
+    request.set_timeout(timeout);
+    request
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_redis_stay_under_the_stores_quota() {
+    let prefix = unique("iapd-test");
+    let quota = format!(
+        "\n[stores.google-play.rate_limit]\nrequests = 4\nwindow_ms = 1000\n\n\
+         [rate_limits]\nredis_url = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\n"
+    );
+    let configured = crate::google_play::configured(&quota);
+    // A purchase per call, so that each call is one request to the store:
+    // counted alone, each replica would send 4 a window, 8 together.
+    let tokens: Vec<String> = (0..12).map(|index| format!("gp-quota-{index}")).collect();
+    for token in &tokens {
+        configured.emulator.add_purchase(iapd_emulators::google_play::SeedPurchase {
+            package_name: "com.example.game".into(),
+            product_id: "coins_100".into(),
+            purchase_token: token.clone(),
+            fields: serde_json::json!({"purchaseTimeMillis": "1767225600000", "purchaseState": 0,
+                "consumptionState": 0, "acknowledgementState": 0, "orderId": format!("GPA.{token}"),
+                "regionCode": "US", "obfuscatedExternalAccountId": "user-42"})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        });
+    }
+    configured.emulator.set_quota(4, Duration::from_secs(1));
+    let replicas = [Server::start(Some(&configured.config), &[]), Server::start(Some(&configured.config), &[])];
+    let mut calls = Vec::new();
+    for (index, token) in tokens.iter().enumerate() {
+        let mut client = replicas[index % 2].client().await;
+        let token = token.clone();
+        calls.push(tokio::spawn(async move { client.verify(play_verify(&token, Duration::from_secs(20))).await }));
+    }
+    // Over the quota, the calls wait for room: all are answered.
+    for call in calls {
+        let answer = call.await.unwrap().expect("a call that waited for the quota");
+        assert_eq!(answer.into_inner().verdict(), pb::Verdict::Valid);
+    }
+    let (most, refused) = configured.emulator.quota_use();
+    assert!(most <= 4 && most > 0, "at most 4 requests a window reached the store from both: {most}");
+    assert_eq!(configured.emulator.count("products.get"), 12, "one request per call");
+    assert_eq!(refused, 0, "the store never had to refuse one for its quota");
+    // Calls that cannot wait long enough are told when to come back.
+    let client = replicas[0].client().await;
+    let burst: Vec<_> = (0..12)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.verify(play_verify("gp-purchased", Duration::from_millis(300))).await })
+        })
+        .collect();
+    let mut exhausted = 0;
+    for call in burst {
+        if let Err(status) = call.await.unwrap() {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}\n{}", replicas[0].logs());
+            assert_eq!(error_info(&status), Some(("STORE_QUOTA_EXHAUSTED".to_owned(), "iapd".to_owned())));
+            let retry = status.get_details_retry_info().and_then(|info| info.retry_delay).expect("RetryInfo");
+            assert!(retry <= Duration::from_secs(1), "{retry:?}");
+            exhausted += 1;
+        }
+    }
+    assert!(exhausted > 0, "12 calls within 300 ms on a quota of 4 a second");
+    assert_eq!(configured.emulator.quota_use().1, 0, "still none refused by the store");
+}
+
+#[tokio::test]
+async fn without_redis_a_replica_counts_its_quota_alone() {
+    let configured = crate::google_play::configured(
+        "\n[stores.google-play.rate_limit]\nrequests = 100\nwindow_ms = 1000\n\n\
+         [rate_limits]\nredis_url = \"redis://127.0.0.1:1\"\n",
+    );
+    let server = Server::start(Some(&configured.config), &[]);
+    let mut client = server.client().await;
+    let answer = client.verify(play_verify("gp-purchased", Duration::from_secs(10))).await.expect("verify");
+    assert_eq!(answer.into_inner().verdict(), pb::Verdict::Valid);
+    assert!(server.wait_for_log("redis cannot be reached"), "{}", server.logs());
+}

@@ -17,6 +17,13 @@ pub(crate) struct Controls {
     counts: BTreeMap<String, u64>,
     /// A fixed clock (unix millis) for tests; the system clock if `None`.
     clock: Option<i64>,
+    /// The store's quota: at most this many requests per window (ms),
+    /// windows aligned to the epoch; more are answered 429.
+    quota: Option<(u64, u64)>,
+    /// Requests received per window of the quota, by window index.
+    windows: BTreeMap<u64, u64>,
+    /// Requests answered 429 for the quota.
+    over_quota: u64,
 }
 
 impl Controls {
@@ -26,6 +33,31 @@ impl Controls {
 
     pub(crate) fn count(&self, operation: &str) -> u64 {
         self.counts.get(operation).copied().unwrap_or(0)
+    }
+
+    /// Enforces a quota of `requests` per `window_ms`, as the store does.
+    pub(crate) fn set_quota(&mut self, requests: u64, window_ms: u64) {
+        self.quota = Some((requests, window_ms.max(1)));
+        self.windows.clear();
+    }
+
+    /// The most requests any one window of the quota received, and how many
+    /// were answered 429 for it.
+    pub(crate) fn quota_use(&self) -> (u64, u64) {
+        (self.windows.values().copied().max().unwrap_or(0), self.over_quota)
+    }
+
+    /// Counts a request against the quota: false if it is over.
+    fn within_quota(&mut self) -> bool {
+        let Some((requests, window_ms)) = self.quota else { return true };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let count = self.windows.entry(now / window_ms).or_default();
+        *count += 1;
+        if *count > requests {
+            self.over_quota += 1;
+            return false;
+        }
+        true
     }
 
     pub(crate) fn set_clock(&mut self, unix_millis: i64) {
@@ -74,7 +106,12 @@ pub(crate) fn handle<S: StoreState>(store: &mut S, request: &Request) -> Respons
     if let ["emulator", "v1", control] = segments.as_slice() {
         return answer_control(store, request, control);
     }
-    let fault = store.controls().hit(S::operation(&request.method, &segments));
+    let operation = S::operation(&request.method, &segments);
+    // A store's API quota does not count its token endpoint.
+    if operation != "token" && !store.controls().within_quota() {
+        return S::fault_error(429, Some("rateLimitExceeded"));
+    }
+    let fault = store.controls().hit(operation);
     if let Some(answer) = fault.as_ref().and_then(|fault| fault.answer(S::fault_error)) {
         return answer;
     }

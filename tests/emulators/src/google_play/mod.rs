@@ -165,6 +165,19 @@ impl GooglePlay {
         self.lock().controls.set_clock(unix_millis);
     }
 
+    /// Enforces a quota of `requests` per `window` (windows aligned to the
+    /// epoch), answering 429 `rateLimitExceeded` over it, as Google does per
+    /// quota bucket.
+    pub fn set_quota(&self, requests: u64, window: Duration) {
+        self.lock().controls.set_quota(requests, u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
+    }
+
+    /// The most requests any one quota window received, and how many were
+    /// answered 429 for the quota.
+    pub fn quota_use(&self) -> (u64, u64) {
+        self.lock().controls.quota_use()
+    }
+
     /// How many requests an operation received, faults included.
     pub fn count(&self, operation: &str) -> u64 {
         self.lock().controls.count(operation)
