@@ -49,6 +49,9 @@ fn main() {
     if wants("events") {
         runtime.block_on(event_latency());
     }
+    if wants("operators") {
+        runtime.block_on(operators());
+    }
 }
 
 /// The folder of the release build, where the plugins are.
@@ -1386,4 +1389,152 @@ async fn event_latency() {
             from_answer.len()
         );
     }
+}
+
+/// An OTLP/gRPC collector that takes what it is sent and counts the spans.
+#[derive(Clone, Default)]
+struct Collector(Arc<std::sync::atomic::AtomicU64>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
+        tonic::Status,
+    > {
+        let spans: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|resource| &resource.scope_spans)
+            .map(|scope| scope.spans.len())
+            .sum();
+        self.0.fetch_add(spans as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService for Collector {
+    async fn export(
+        &self,
+        _request: tonic::Request<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>,
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse>,
+        tonic::Status,
+    > {
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// Verify throughput against the real binary, every request with `key` (if
+/// any) as `authorization: Bearer`: requests per second and the server's CPU
+/// per request.
+async fn measure_keyed(server: &Iapd, key: Option<&str>, seconds: u64) -> (f64, Duration) {
+    const CONNECTIONS: usize = 4;
+    const WORKERS: usize = 64;
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(PurchaseServiceClient::connect(format!("http://{}", server.address)).await.unwrap());
+    }
+    let header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        key.map(|key| format!("Bearer {key}").parse().unwrap());
+    let pid = server.child.id().to_string();
+    let cpu_before = cpu_time(&pid);
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|index| {
+            let mut client = clients[index % CONNECTIONS].clone();
+            let header = header.clone();
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < stop {
+                    let mut request = tonic::Request::new(public_request());
+                    if let Some(header) = &header {
+                        request.metadata_mut().insert("authorization", header.clone());
+                    }
+                    client.verify(request).await.unwrap();
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for worker in workers {
+        total += worker.await.unwrap();
+    }
+    let cpu = cpu_time(&pid).saturating_sub(cpu_before);
+    (total as f64 / started.elapsed().as_secs_f64(), cpu / u32::try_from(total.max(1)).unwrap_or(u32::MAX))
+}
+
+/// (8) Verify throughput with authentication and telemetry on, against the
+/// same binary with both off: alternating rounds, the sandbox store inline,
+/// the ledger off. "On" checks an API key on every call and exports every
+/// span and the metrics to a collector in this process.
+async fn operators() {
+    const ROUNDS: usize = 15;
+    const SECONDS: u64 = 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_address = listener.local_addr().unwrap();
+    let collector = Collector::default();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(
+                    collector.clone(),
+                ),
+            )
+            .add_service(
+                opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer::new(
+                    collector.clone(),
+                ),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let (key, sha256) = iapd::auth::mint_key().unwrap();
+    let store = "[stores.sandbox]\nplugin = \"iapd_plugin_sandbox\"\ninline_calls = true\n";
+    let (off_config, _off_dir) = config_file(store);
+    let tenants =
+        format!("[tenants.bench]\napps = [\"com.example.game\"]\n[tenants.bench.keys.load]\nsha256 = \"{sha256}\"\n");
+    let (auth_config, _auth_dir) = config_file(&format!("{store}\n{tenants}"));
+    let (on_config, _on_dir) = config_file(&format!(
+        "{store}\n{tenants}\n[telemetry]\notlp_endpoint = \"http://{collector_address}\"\nexport_interval_ms = 1000\n"
+    ));
+    let off = Iapd::start(&off_config, "info");
+    let auth = Iapd::start(&auth_config, "info");
+    let on = Iapd::start(&on_config, "info");
+    for (server, key) in [(&off, None), (&auth, Some(key.as_str())), (&on, Some(key.as_str()))] {
+        let _ = measure_keyed(server, key, 1).await; // warm up
+    }
+    let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for (index, (server, key)) in
+            [(&off, None), (&auth, Some(key.as_str())), (&on, Some(key.as_str()))].into_iter().enumerate()
+        {
+            let (rps, cpu_per_call) = measure_keyed(server, key, SECONDS).await;
+            rates[index].push(rps);
+            cpu[index].push(cpu_per_call);
+        }
+    }
+    let median_cpu = |samples: &mut Vec<Duration>| {
+        samples.sort();
+        samples[samples.len() / 2].as_secs_f64() * 1e6
+    };
+    let [off_cpu, auth_cpu, on_cpu] = cpu.map(|mut samples| median_cpu(&mut samples));
+    println!(
+        "\n(8) Verify throughput with authentication and telemetry, 64 callers over 4 connections, {ROUNDS} rounds of {SECONDS} s"
+    );
+    println!("| server | off (req/s) | on (req/s) | ratio, median round | ratio range | CPU ratio |");
+    println!("|---|---|---|---|---|---|");
+    report_ratios("API key checked on every call", &rates[0], &rates[1], off_cpu / auth_cpu);
+    report_ratios("API key, and every span and metric exported over OTLP", &rates[0], &rates[2], off_cpu / on_cpu);
+    println!(
+        "iapd's CPU per request (medians): off {off_cpu:.1} µs, key {auth_cpu:.1} µs, key and telemetry {on_cpu:.1} µs; spans received: {}",
+        collector.0.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
