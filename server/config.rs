@@ -99,6 +99,7 @@ struct RawTelemetry {
     otlp_endpoint: Option<String>,
     service_name: String,
     export_interval_ms: u64,
+    trace_sample_ratio: f64,
     log_format: crate::telemetry::LogFormat,
 }
 
@@ -109,6 +110,7 @@ impl Default for RawTelemetry {
             otlp_endpoint: None,
             service_name: defaults.service_name,
             export_interval_ms: defaults.export_interval.as_millis() as u64,
+            trace_sample_ratio: defaults.trace_sample_ratio,
             log_format: defaults.log_format,
         }
     }
@@ -1002,10 +1004,14 @@ fn validate_telemetry(raw: RawTelemetry) -> Result<crate::telemetry::TelemetryCo
     if raw.service_name.is_empty() {
         return Err(ConfigError::new("telemetry.service_name", "must not be empty"));
     }
+    if !(0.0..=1.0).contains(&raw.trace_sample_ratio) {
+        return Err(ConfigError::new("telemetry.trace_sample_ratio", "must be between 0 and 1"));
+    }
     Ok(crate::telemetry::TelemetryConfig {
         otlp_endpoint: endpoint,
         service_name: raw.service_name,
         export_interval: Duration::from_millis(raw.export_interval_ms),
+        trace_sample_ratio: raw.trace_sample_ratio,
         log_format: raw.log_format,
     })
 }

@@ -19,6 +19,17 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+/// The most verbose level the log filter keeps, once [`init`] has run.
+static LOG_LEVEL: std::sync::OnceLock<tracing::level_filters::LevelFilter> = std::sync::OnceLock::new();
+
+/// The most verbose level a log line can be kept at: what plugins are told
+/// to log at. With export on, the subscriber lets iapd's DEBUG spans through
+/// whatever the log filter says; plugins formatting DEBUG lines that the log
+/// filter then drops would cost every call.
+pub(crate) fn log_level() -> tracing::level_filters::LevelFilter {
+    LOG_LEVEL.get().copied().unwrap_or_else(tracing::level_filters::LevelFilter::current)
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,6 +51,9 @@ pub struct TelemetryConfig {
     pub service_name: String,
     /// How often spans and metrics are sent.
     pub export_interval: Duration,
+    /// The share of traces exported that start here (0 to 1); a caller's
+    /// `traceparent` decides for its own.
+    pub trace_sample_ratio: f64,
     /// How log lines are written.
     pub log_format: LogFormat,
 }
@@ -50,6 +64,7 @@ impl Default for TelemetryConfig {
             otlp_endpoint: None,
             service_name: "iapd".to_owned(),
             export_interval: Duration::from_secs(5),
+            trace_sample_ratio: 1.0,
             log_format: LogFormat::Text,
         }
     }
@@ -94,6 +109,7 @@ impl Drop for Telemetry {
 /// the OTLP exporters. With an endpoint it must run inside a tokio runtime,
 /// which the exporter's connection lives on.
 pub fn init(filter: tracing_subscriber::EnvFilter, config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+    let _ = LOG_LEVEL.set(filter.max_level_hint().unwrap_or(tracing::level_filters::LevelFilter::TRACE));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = match config.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed(),
@@ -127,7 +143,11 @@ pub fn init(filter: tracing_subscriber::EnvFilter, config: &TelemetryConfig) -> 
                 .build(),
         )
         .build();
+    let sampler = opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+        opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(config.trace_sample_ratio),
+    ));
     let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_sampler(sampler)
         .with_span_processor(batches)
         .with_resource(resource.clone())
         .build();
@@ -150,7 +170,17 @@ pub fn init(filter: tracing_subscriber::EnvFilter, config: &TelemetryConfig) -> 
     let global = tracing_subscriber::EnvFilter::builder()
         .parse(format!("{exported},iapd=debug"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,iapd=debug"));
-    let traces = tracing_opentelemetry::layer().with_tracer(tracer.tracer("iapd"));
+    // Per span only what the span says: no source location, thread, target
+    // or busy/idle times, and no OpenTelemetry context entered on every poll
+    // (no other instrumentation here reads it). Each of those costs on every
+    // call (BENCHMARKS.md (8)).
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer.tracer("iapd"))
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false);
     tracing_subscriber::registry()
         .with(global)
         .with(EventGate { inner: logs, filter })
@@ -299,14 +329,36 @@ pub(crate) fn rpc_answered(
     code: tonic::Code,
     took: Duration,
 ) {
-    let code = format!("{code:?}");
     let labels = [
         KeyValue::new("rpc.method", method),
         KeyValue::new("store", store.to_owned()),
-        KeyValue::new("rpc.grpc.status_code", code),
+        KeyValue::new("rpc.grpc.status_code", code_name(code)),
+        KeyValue::new("verdict", verdict),
     ];
-    METRICS.rpc_duration.record(took.as_secs_f64(), &labels);
-    let mut with_verdict = labels.to_vec();
-    with_verdict.push(KeyValue::new("verdict", verdict));
-    METRICS.rpcs.add(1, &with_verdict);
+    METRICS.rpc_duration.record(took.as_secs_f64(), &labels[..3]);
+    METRICS.rpcs.add(1, &labels);
+}
+
+/// A code's name as a static string, so a metric label costs no allocation.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
 }

@@ -159,7 +159,7 @@ impl HostContext {
 
     pub(crate) fn log_max_level(&self) -> u32 {
         use tracing::level_filters::LevelFilter;
-        match LevelFilter::current() {
+        match crate::telemetry::log_level() {
             LevelFilter::OFF => 0,
             LevelFilter::ERROR => 1,
             LevelFilter::WARN => 2,
