@@ -730,45 +730,9 @@ impl fmt::Debug for StoreConfig {
     }
 }
 
-/// A scheme, host and port an HTTP request may go to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    /// `http` or `https`.
-    pub scheme: String,
-    /// Lowercase host name or IP address.
-    pub host: String,
-    /// The port, the scheme's default when not written.
-    pub port: u16,
-}
-
-impl Origin {
-    /// Parses `scheme://host[:port]` (no path).
-    pub fn parse(text: &str) -> Result<Origin, String> {
-        let url = reqwest::Url::parse(text).map_err(|err| format!("`{text}` is not an origin: {err}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("`{text}`: only http and https origins are allowed"));
-        }
-        if !(url.path() == "/" || url.path().is_empty()) || url.query().is_some() || !url.username().is_empty() {
-            return Err(format!("`{text}`: an origin is scheme://host[:port] with no path, query or user"));
-        }
-        Origin::of(&url).ok_or_else(|| format!("`{text}` has no host"))
-    }
-
-    /// The origin of a URL.
-    pub fn of(url: &reqwest::Url) -> Option<Origin> {
-        Some(Origin {
-            scheme: url.scheme().to_owned(),
-            host: url.host_str()?.to_ascii_lowercase(),
-            port: url.port_or_known_default()?,
-        })
-    }
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
-    }
-}
+/// A scheme, host and port an HTTP request may go to: the SDK's, so the host
+/// and a plugin's kit tests apply one rule.
+pub use iapd_sdk_plugin::origin::Origin;
 
 /// Where configuration comes from, besides `IAPD_*` environment variables.
 #[derive(Debug, Clone, Default)]

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use prost::Message;
 
+use crate::origin::Origin;
 use crate::runtime::{Runtime, lock, panicked};
 use crate::{
     Code, HostServices, HttpCallback, HttpRequest, HttpResponse, PluginError, Store, TimerCallback, abi, proto,
@@ -77,7 +78,7 @@ impl KitBuilder {
     /// An origin allowed besides those of the plugin's `PluginInfo`, as an
     /// operator would add one for an emulator.
     pub fn allow_origin(mut self, origin: &str) -> Self {
-        self.extra_origins.push(normalize_origin(origin));
+        self.extra_origins.push(origin.to_owned());
         self
     }
 
@@ -115,9 +116,17 @@ impl KitBuilder {
     /// caught and returned as `INTERNAL` with reason `PLUGIN_PANICKED`, as the
     /// host reports it.
     pub fn build<S: Store>(self) -> Result<Kit<S>, PluginError> {
-        let mut origins: Vec<String> =
-            S::info().allowed_origins.iter().map(|origin| normalize_origin(origin)).collect();
-        origins.extend(self.extra_origins);
+        // Parsed as the host parses them: an origin the host would refuse
+        // fails here too.
+        let origins = S::info()
+            .allowed_origins
+            .iter()
+            .chain(&self.extra_origins)
+            .map(|text| {
+                Origin::parse(text)
+                    .map_err(|problem| PluginError::new(Code::Internal, format!("allowed origin {problem}")))
+            })
+            .collect::<Result<Vec<Origin>, _>>()?;
         let host = Arc::new(KitHost {
             handler: self.handler,
             failures_left: AtomicUsize::new(self.fail_first.0),
@@ -136,11 +145,6 @@ impl KitBuilder {
             .unwrap_or_else(|panic| Err(panicked(&*panic)))?;
         Ok(Kit { runtime, host, next_call_id: AtomicU64::new(1) })
     }
-}
-
-/// An origin as the kit compares it: without a trailing `/`.
-fn normalize_origin(origin: &str) -> String {
-    origin.trim_end_matches('/').to_owned()
 }
 
 /// A store under test.
@@ -308,7 +312,7 @@ struct KitHost {
     failures_left: AtomicUsize,
     failure: Code,
     secrets: HashMap<String, Vec<u8>>,
-    origins: Vec<String>,
+    origins: Vec<Origin>,
     now: AtomicI64,
     /// (due unix millis, order of asking, what): delivered soonest first,
     /// in the order asked when due together.
@@ -357,11 +361,7 @@ impl HostServices for KitHost {
             return abi::status::INVALID_ARGUMENT;
         };
         let request = HttpRequest::from_proto(request);
-        let allowed = self.origins.iter().any(|origin| {
-            request.url() == origin
-                || request.url().strip_prefix(origin.as_str()).is_some_and(|rest| rest.starts_with(['/', '?']))
-        });
-        if !allowed {
+        if !Origin::allows(&self.origins, request.url()) {
             return abi::status::PERMISSION_DENIED;
         }
         lock(&self.requests).push(request.clone());
@@ -444,7 +444,7 @@ mod tests {
     }
 
     #[test]
-    fn origins_from_plugin_info_are_normalized_like_allow_origin() {
+    fn origins_are_checked_by_the_hosts_rule() {
         let kit = builder()
             .allow_origin("http://127.0.0.1:9000/")
             .http(|_| HttpResponse::new(200, ""))
@@ -457,6 +457,10 @@ mod tests {
             "https://store.example?x=1",
             "https://api.example:8443/v1",
             "http://127.0.0.1:9000/emulator",
+            // The host compares scheme, host and port, not text: the default
+            // port written out and a host's case are the same origin.
+            "https://store.example:443/purchases/1",
+            "https://STORE.example/purchases/1",
         ];
         for url in allowed {
             fetch(&kit, url).unwrap_or_else(|err| panic!("{url}: {err}"));
@@ -474,6 +478,9 @@ mod tests {
             assert_eq!((err.code(), err.reason()), (Code::PermissionDenied, "ORIGIN_NOT_ALLOWED"), "{url}: {err}");
         }
         assert_eq!(kit.requests().len(), allowed.len(), "refused requests are never sent");
+        // An origin the host would refuse to load is refused here too.
+        let err = builder().allow_origin("https://store.example/v1").build::<OriginStore>().expect_err("a path");
+        assert!(err.message().contains("no path, query or user"), "{err}");
     }
 
     #[test]

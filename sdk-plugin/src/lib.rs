@@ -68,6 +68,7 @@ mod error;
 pub mod ffi;
 mod http;
 pub mod kit;
+pub mod origin;
 pub mod region;
 pub mod retry;
 mod runtime;
