@@ -32,11 +32,16 @@ if [ -n "$missing_node" ]; then
 fi
 # Go, for the generated Go client test: Debian's Go with protoc-gen-go, protoc-gen-go-grpc
 # and the Go libraries the client builds against (grpc, genproto's errdetails, protobuf).
+# Java, for the generated Java client test: Debian's JDK, protoc with grpc-java's plugin, and the jars
+# the client runs on (grpc-java with its Netty transport, protobuf-java, Guava, and the annotations).
 go_packages="golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-google-genproto-dev
-  golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev"
+  golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
+  openjdk-17-jdk-headless protobuf-compiler protobuf-compiler-grpc-java-plugin libgrpc-java libprotobuf-java
+  libguava-java libnetty-java libperfmark-java libgeronimo-annotation-1.3-spec-java libjsr305-java
+  liberror-prone-java"
 if ! dpkg -s $go_packages >/dev/null 2>&1; then
   if [ "$(id -u)" != 0 ]; then
-    echo "tests/run.sh: the Go client test needs Debian's packages, as root: apt-get install" $go_packages >&2
+    echo "tests/run.sh: the Go and Java client tests need Debian's packages, as root: apt-get install" $go_packages >&2
     exit 1
   fi
   apt-get update -qq

@@ -3,8 +3,9 @@
 //! `BadRequest` of real errors with each language's standard `google.rpc`
 //! packages: Python stubs from grpcio-tools (`tests/fixtures/python/`), Go
 //! stubs from protoc-gen-go and protoc-gen-go-grpc through buf
-//! (`tests/fixtures/go/`), and Node with @grpc/proto-loader and protobufjs
-//! (`tests/fixtures/node/`). `tests/run.sh` installs what they need.
+//! (`tests/fixtures/go/`), Node with @grpc/proto-loader and protobufjs
+//! (`tests/fixtures/node/`), and Java with Debian's grpc-java
+//! (`tests/fixtures/java/`). `tests/run.sh` installs what they need.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -159,4 +160,81 @@ fn a_node_client_reads_error_details() {
     client.arg(root().join("tests/fixtures/node/verify_client.js")).arg(root().join("proto"));
     client.env("NODE_PATH", root().join(".tools/node/node_modules"));
     assert_client_passes(client, &server, "the Node client");
+}
+
+/// The jars of Debian's packages the Java client compiles and runs against.
+const JAVA_JARS: [&str; 13] = [
+    "grpc-api",
+    "grpc-core",
+    "grpc-netty",
+    "grpc-protobuf",
+    "grpc-protobuf-lite",
+    "grpc-stub",
+    "grpc-context",
+    "protobuf",
+    "guava",
+    "perfmark-api",
+    "geronimo-annotation-1.3-spec",
+    "jsr305",
+    "error_prone_annotations",
+];
+
+#[test]
+fn a_generated_java_client_verifies_consumes_and_reads_error_details() {
+    let jars = Path::new("/usr/share/java");
+    let mut classpath: Vec<PathBuf> = JAVA_JARS.iter().map(|jar| jars.join(format!("{jar}.jar"))).collect();
+    // Netty's modules, not its all-in-one jar, which would bring them twice.
+    for entry in std::fs::read_dir(jars).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("netty-") && !name.starts_with("netty-all") && name.ends_with(".Final.jar") {
+            classpath.push(path);
+        }
+    }
+    for jar in &classpath {
+        assert!(jar.exists(), "{} is missing (tests/run.sh installs it)", jar.display());
+    }
+    let work = tempfile::tempdir().expect("temp dir");
+    let (generated, classes) = (work.path().join("gen"), work.path().join("classes"));
+    std::fs::create_dir_all(&generated).unwrap();
+    // As the README says; google.rpc from the repo's copies, since Debian's
+    // proto-google-common-protos predates ErrorInfo.
+    run(
+        Command::new("protoc")
+            .args(["-I", "proto"])
+            .arg(format!("--java_out={}", generated.display()))
+            .arg("--plugin=protoc-gen-grpc-java=/usr/bin/grpc_java_plugin")
+            .arg(format!("--grpc-java_out={}", generated.display()))
+            .args(["proto/iapd/v1/iapd.proto", "proto/google/rpc/status.proto", "proto/google/rpc/error_details.proto"])
+            .current_dir(root()),
+        "protoc --java_out --grpc-java_out",
+    );
+    let mut sources = Vec::new();
+    let mut folders = vec![generated.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                sources.push(path);
+            }
+        }
+    }
+    assert!(sources.iter().any(|path| path.ends_with("iapd/v1/PurchaseServiceGrpc.java")), "{sources:?}");
+    let jars_path = std::env::join_paths(&classpath).unwrap();
+    run(
+        Command::new("javac")
+            .args(["-nowarn", "-encoding", "UTF-8", "-cp"])
+            .arg(&jars_path)
+            .arg("-d")
+            .arg(&classes)
+            .args(&sources)
+            .arg(root().join("tests/fixtures/java/VerifyClient.java")),
+        "javac",
+    );
+    let server = Server::start(None, &[]);
+    let mut client = Command::new("java");
+    client.arg("-cp").arg(std::env::join_paths(std::iter::once(classes).chain(classpath)).unwrap()).arg("VerifyClient");
+    assert_client_passes(client, &server, "the Java client");
 }
