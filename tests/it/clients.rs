@@ -53,15 +53,15 @@ pub(crate) fn python_stubs(python: &Path, out: &Path, files: &[PathBuf]) {
     run(protoc.args(files.iter().map(|file| proto.join(file))), "python -m grpc_tools.protoc");
 }
 
-/// Every `.proto` file under `dir`, relative to `base`.
-fn proto_files(dir: &Path, base: &Path) -> Vec<PathBuf> {
+/// Every file under `dir` whose name ends in `.{extension}`.
+fn files_under(dir: &Path, extension: &str) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {
-            files.extend(proto_files(&path, base));
-        } else if path.extension().is_some_and(|extension| extension == "proto") {
-            files.push(path.strip_prefix(base).unwrap().to_owned());
+            files.extend(files_under(&path, extension));
+        } else if path.extension().is_some_and(|found| found == extension) {
+            files.push(path);
         }
     }
     files
@@ -87,7 +87,8 @@ fn python_stubs_of_every_proto_file_keep_google_rpc_whole() {
     let python = tool("python");
     let generated = tempfile::tempdir().expect("temp dir");
     let proto = root().join("proto");
-    let files = proto_files(&proto, &proto);
+    let files: Vec<PathBuf> =
+        files_under(&proto, "proto").iter().map(|file| file.strip_prefix(&proto).unwrap().to_owned()).collect();
     assert!(files.iter().any(|file| file.starts_with("google/rpc")), "no google.rpc files in proto/: {files:?}");
     python_stubs(&python, generated.path(), &files);
 
@@ -209,18 +210,7 @@ fn a_generated_java_client_verifies_consumes_and_reads_error_details() {
             .current_dir(root()),
         "protoc --java_out --grpc-java_out",
     );
-    let mut sources = Vec::new();
-    let mut folders = vec![generated.clone()];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(folder).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                folders.push(path);
-            } else {
-                sources.push(path);
-            }
-        }
-    }
+    let sources = files_under(&generated, "java");
     assert!(sources.iter().any(|path| path.ends_with("iapd/v1/PurchaseServiceGrpc.java")), "{sources:?}");
     let jars_path = std::env::join_paths(&classpath).unwrap();
     run(
