@@ -24,11 +24,17 @@ pub struct RateLimit {
 }
 
 /// Counts one window and returns the count and the milliseconds left in it,
-/// by Redis's clock, so replicas whose clocks differ agree on the window.
+/// by Redis's clock, so replicas whose clocks differ agree on the window. In
+/// the window's tail (ARGV[2] ms) it counts nothing and answers 0: the call
+/// waits for the next window.
 const COUNT_SCRIPT: &str = r"
 local now = redis.call('TIME')
 local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
 local window_ms = tonumber(ARGV[1])
+local into = now_ms % window_ms
+if into >= window_ms - tonumber(ARGV[2]) then
+  return {0, window_ms - into}
+end
 local key = KEYS[1] .. ':' .. math.floor(now_ms / window_ms)
 local count = redis.call('INCR', key)
 if count == 1 then
@@ -36,6 +42,17 @@ if count == 1 then
 end
 return {count, window_ms - (now_ms % window_ms)}
 ";
+
+/// No call starts in the last tenth of a window (at most this long), so that
+/// its request reaches the store within the window it was counted in: one
+/// counted at a window's very end would arrive in the next, beside that
+/// window's own.
+const TAIL_MAX: Duration = Duration::from_millis(100);
+
+/// The quiet tail of a window of `window_ms`, in ms.
+fn tail_ms(window_ms: u64) -> u64 {
+    (window_ms / 10).min(TAIL_MAX.as_millis() as u64)
+}
 
 /// How often a replica tries Redis again while it is unreachable.
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
@@ -105,7 +122,8 @@ impl Quota {
         let started = Instant::now();
         loop {
             let (count, left) = self.count().await;
-            if count <= self.limit.requests {
+            // Zero: in a window's tail, where nothing is counted.
+            if count > 0 && count <= self.limit.requests {
                 return Ok(started.elapsed());
             }
             if Instant::now() + left >= deadline {
@@ -115,8 +133,9 @@ impl Quota {
         }
     }
 
-    /// Counts one request in the current window: its number there, and the
-    /// time left in the window.
+    /// Counts one request in the current window: its number there (zero in
+    /// the window's tail, where nothing is counted), and the time left in the
+    /// window.
     async fn count(&self) -> (u32, Duration) {
         if let Some(shared) = &self.shared {
             match shared.count(self.limit.window).await {
@@ -140,7 +159,10 @@ impl Quota {
     fn count_here(&self) -> (u32, Duration) {
         let window_ms = u64::try_from(self.limit.window.as_millis()).unwrap_or(u64::MAX).max(1);
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let window = now_ms / window_ms;
+        let (window, into) = (now_ms / window_ms, now_ms % window_ms);
+        if into >= window_ms - tail_ms(window_ms) {
+            return (0, Duration::from_millis(window_ms - into));
+        }
         let mut local = self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if local.0 != window {
             *local = (window, 0);
@@ -163,7 +185,7 @@ impl Shared {
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut connection = self.connection.clone();
         let counted: Result<(u64, u64), _> =
-            self.script.key(&self.key).arg(window_ms).invoke_async(&mut connection).await;
+            self.script.key(&self.key).arg(window_ms).arg(tail_ms(window_ms)).invoke_async(&mut connection).await;
         let mut failed_at = self.failed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match counted {
             Ok((count, left_ms)) => {
@@ -196,6 +218,11 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(1);
         let refused = quota.take(soon).await.expect_err("over the limit, and no time to wait");
         assert!(refused <= Duration::from_millis(200), "{refused:?}");
+        // In a window's tail (its last 100 ms here) nothing starts, even under the limit.
+        let quota = Quota::new("test", RateLimit { requests: 3, window: Duration::from_secs(1) }, None).unwrap();
+        let (_, left) = quota.count_here();
+        tokio::time::sleep(left + Duration::from_millis(940)).await;
+        assert_eq!(quota.count_here().0, 0, "60 ms before the end of a 1 s window");
         let waited = quota.take(far).await.expect("the next window");
         assert!(waited > Duration::ZERO);
     }
