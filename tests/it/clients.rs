@@ -1,7 +1,8 @@
 //! Clients in other languages, made from `proto/` as the README's recipes
-//! say, calling the real server and decoding `ErrorInfo`, `RetryInfo` and
-//! `BadRequest` of real errors with each language's standard `google.rpc`
-//! packages: Python stubs from grpcio-tools (`tests/fixtures/python/`), Go
+//! say, calling the real server: each verifies, decodes `ErrorInfo`,
+//! `RetryInfo` and `BadRequest` of real errors with its language's standard
+//! `google.rpc` messages, asks a user's entitlements and takes the first event
+//! of their stream: Python stubs from grpcio-tools (`tests/fixtures/python/`), Go
 //! stubs from protoc-gen-go and protoc-gen-go-grpc through buf
 //! (`tests/fixtures/go/`), Node with @grpc/proto-loader and protobufjs
 //! (`tests/fixtures/node/`), and Java with Debian's grpc-java
