@@ -281,3 +281,14 @@ fn the_readme_walkthrough_works_against_the_emulator() {
     assert!(stats["requests"]["products.get"].as_u64().unwrap() >= 4, "{stats}");
     assert_eq!(env.emulator.count("token"), 1);
 }
+
+#[test]
+fn the_readme_emulator_controls_work_as_written() {
+    let running = iapd_emulators::spawn(Arc::new(GooglePlay::with_default_state())).unwrap();
+    let lines = crate::grpcurl::readme_lines(|line| line.starts_with("curl ") && line.contains("localhost:8095"));
+    assert_eq!(lines.len(), 3, "the README lost its emulator controls: {lines:?}");
+    let outputs = crate::grpcurl::run_all(&lines, |line| line.replace("localhost:8095", &running.address.to_string()));
+    let stats: serde_json::Value = serde_json::from_str(outputs.last().unwrap()).unwrap();
+    assert_eq!(stats["quota"], serde_json::json!({"mostInAWindow": 0, "refused": 0}), "{stats}");
+    assert!(stats["requests"].is_object(), "{stats}");
+}

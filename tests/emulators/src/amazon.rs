@@ -472,6 +472,27 @@ mod tests {
         emulator.handle(&Request::new("GET", path))
     }
 
+    /// The controls every emulator shares, through this one.
+    #[test]
+    fn a_quota_set_through_the_controls_is_enforced_and_counted() {
+        let emulator = emulator();
+        let quota = Request::new("POST", "/emulator/v1/quota").body(r#"{"requests": 2, "windowMs": 60000}"#);
+        assert_eq!(emulator.handle(&quota).status, 200);
+        let path =
+            "/version/1.0/verifyReceiptId/developer/2:emulator-secret%2Fwith+slash=/user/user-1=/receiptId/a%2Fb=:3:11";
+        // The windows are aligned to the clock: start in a fresh one.
+        let statuses: Vec<u16> = (0..3).map(|_| get(&emulator, path).status).collect();
+        let stats = get(&emulator, "/emulator/v1/stats").json_body();
+        if statuses == [200, 200, 429] {
+            assert_eq!(stats["quota"], json!({"mostInAWindow": 3, "refused": 1}), "{stats}");
+        } else {
+            // The minute turned between two requests: never more than 2 a window.
+            assert!(statuses.iter().filter(|status| **status == 429).count() <= 1, "{statuses:?}");
+        }
+        let bad = Request::new("POST", "/emulator/v1/quota").body(r#"{"requests": 2}"#);
+        assert_eq!(emulator.handle(&bad).status, 400);
+    }
+
     #[test]
     fn segments_are_decoded_after_the_split_raw_or_encoded() {
         let emulator = emulator();

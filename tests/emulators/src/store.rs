@@ -122,6 +122,15 @@ pub(crate) fn handle<S: StoreState>(store: &mut S, request: &Request) -> Respons
     response
 }
 
+/// What `POST /emulator/v1/quota` takes: the store's quota, as
+/// `{"requests": 3000, "windowMs": 60000}`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct QuotaControl {
+    requests: u64,
+    window_ms: u64,
+}
+
 fn answer_control<S: StoreState>(store: &mut S, request: &Request, control: &str) -> Response {
     let ok = || Response::json(200, &json!({}));
     let bad = |err: serde_json::Error| Response::json(400, &json!({"error": err.to_string()}));
@@ -144,7 +153,21 @@ fn answer_control<S: StoreState>(store: &mut S, request: &Request, control: &str
             store.revoke_tokens();
             ok()
         }
-        ("GET", "stats") => Response::json(200, &json!({"requests": store.controls().counts})),
+        ("POST", "quota") => match serde_json::from_slice::<QuotaControl>(&request.body) {
+            Ok(quota) => {
+                store.controls().set_quota(quota.requests, quota.window_ms);
+                ok()
+            }
+            Err(err) => bad(err),
+        },
+        ("GET", "stats") => {
+            let controls = store.controls();
+            let (most, refused) = controls.quota_use();
+            Response::json(
+                200,
+                &json!({"requests": controls.counts, "quota": {"mostInAWindow": most, "refused": refused}}),
+            )
+        }
         _ => Response::json(404, &json!({"error": format!("no control {} {control}", request.method)})),
     }
 }
