@@ -55,11 +55,18 @@ pub fn rpc_names() -> Vec<String> {
 /// callers must authenticate there, and that the TLS files load. `serve`
 /// does the same before it starts anything.
 pub fn check_listener(config: &config::Config, address: std::net::SocketAddr) -> Result<(), config::ConfigError> {
-    config.auth.mode_for(address)?;
-    if let Some(tls) = &config.tls {
-        tls::Tls::load(tls)?;
-    }
-    Ok(())
+    listener_settings(config, address).map(drop)
+}
+
+/// What the configuration says of a listener on `address`: the
+/// authentication mode there, and the TLS settings, their files read.
+fn listener_settings(
+    config: &config::Config,
+    address: std::net::SocketAddr,
+) -> Result<(config::AuthMode, Option<tls::Tls>), config::ConfigError> {
+    let mode = config.auth.mode_for(address)?;
+    let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
+    Ok((mode, tls))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops taking

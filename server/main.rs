@@ -67,24 +67,27 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let filter = log_filter()?;
-    // Minting needs no configuration.
-    if let Command::Keys(KeysCommand::New { tenant, name }) = &cli.command {
-        return new_key(tenant, name);
+    let Cli { config: file, command } = cli;
+    let load = || Config::load(&Sources { file: file.clone() }).context("invalid configuration");
+    match command {
+        // Minting needs no configuration.
+        Command::Keys(KeysCommand::New { tenant, name }) => new_key(&tenant, &name),
+        Command::Serve { listen } => serve(load()?, listen, filter),
+        Command::CheckConfig => with_logs(&load()?, filter, check_config),
+        Command::Plugins => with_logs(&load()?, filter, list_plugins),
+        Command::Migrate => with_logs(&load()?, filter, migrate),
     }
-    let config = Config::load(&Sources { file: cli.config.clone() }).context("invalid configuration")?;
-    if let Command::Serve { listen } = cli.command {
-        return serve(config, listen, filter);
-    }
-    // The other commands log, and export nothing.
+}
+
+/// Runs a command besides `serve`: it logs, and exports nothing.
+fn with_logs(
+    config: &Config,
+    filter: tracing_subscriber::EnvFilter,
+    command: fn(&Config) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let logs_only = iapd::telemetry::TelemetryConfig { otlp_endpoint: None, ..config.telemetry.clone() };
     let _telemetry = iapd::telemetry::init(filter, &logs_only)?;
-    match cli.command {
-        Command::Serve { .. } => unreachable!("served above"),
-        Command::CheckConfig => check_config(&config),
-        Command::Plugins => list_plugins(&config),
-        Command::Migrate => migrate(&config),
-        Command::Keys(_) => unreachable!("handled before the configuration is loaded"),
-    }
+    command(config)
 }
 
 fn new_key(tenant: &str, name: &str) -> anyhow::Result<()> {

@@ -457,116 +457,97 @@ impl PurchaseService for PurchaseApi {
     type WatchEventsStream = EventStream;
 
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
-        let (started, store) = (Instant::now(), request.get_ref().store.clone());
-        let answer = self.verify_rpc(request).await;
         metered(
             "Verify",
-            &store,
-            answer.as_ref().map_or("", |answer| answer.get_ref().verdict().as_str_name()),
-            &answer,
-            started,
-        );
-        answer
+            request.get_ref().store.clone(),
+            |answer| answer.verdict().as_str_name(),
+            self.verify_rpc(request),
+        )
+        .await
     }
 
     async fn acknowledge(
         &self,
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
-        let (started, store) = (Instant::now(), request.get_ref().store.clone());
-        let answer = self.acknowledge_rpc(request).await;
-        metered("Acknowledge", &store, "", &answer, started);
-        answer
+        metered("Acknowledge", request.get_ref().store.clone(), no_verdict, self.acknowledge_rpc(request)).await
     }
 
     async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
-        let (started, store) = (Instant::now(), request.get_ref().store.clone());
-        let answer = self.consume_rpc(request).await;
-        metered("Consume", &store, "", &answer, started);
-        answer
+        metered("Consume", request.get_ref().store.clone(), no_verdict, self.consume_rpc(request)).await
     }
 
     async fn list_items(
         &self,
         request: Request<pb::ListItemsRequest>,
     ) -> Result<Response<pb::ListItemsResponse>, Status> {
-        let (started, store) = (Instant::now(), request.get_ref().store.clone());
-        let answer = self.list_items_rpc(request).await;
-        metered("ListItems", &store, "", &answer, started);
-        answer
+        metered("ListItems", request.get_ref().store.clone(), no_verdict, self.list_items_rpc(request)).await
     }
 
     async fn grant(&self, request: Request<pb::GrantRequest>) -> Result<Response<pb::GrantResponse>, Status> {
-        let (started, store) = (Instant::now(), String::new());
-        let answer = self.grant_rpc(request).await;
-        metered("Grant", &store, "", &answer, started);
-        answer
+        metered("Grant", String::new(), no_verdict, self.grant_rpc(request)).await
     }
 
     async fn confirm_grant(
         &self,
         request: Request<pb::ConfirmGrantRequest>,
     ) -> Result<Response<pb::ConfirmGrantResponse>, Status> {
-        let (started, store) = (Instant::now(), String::new());
-        let answer = self.confirm_grant_rpc(request).await;
-        metered("ConfirmGrant", &store, "", &answer, started);
-        answer
+        metered("ConfirmGrant", String::new(), no_verdict, self.confirm_grant_rpc(request)).await
     }
 
     async fn get_entitlements(
         &self,
         request: Request<pb::GetEntitlementsRequest>,
     ) -> Result<Response<pb::GetEntitlementsResponse>, Status> {
-        let (started, store) = (Instant::now(), String::new());
-        let answer = self.get_entitlements_rpc(request).await;
-        metered("GetEntitlements", &store, "", &answer, started);
-        answer
+        metered("GetEntitlements", String::new(), no_verdict, self.get_entitlements_rpc(request)).await
     }
 
     async fn list_purchases(
         &self,
         request: Request<pb::ListPurchasesRequest>,
     ) -> Result<Response<pb::ListPurchasesResponse>, Status> {
-        let (started, store) = (Instant::now(), String::new());
-        let answer = self.list_purchases_rpc(request).await;
-        metered("ListPurchases", &store, "", &answer, started);
-        answer
+        metered("ListPurchases", String::new(), no_verdict, self.list_purchases_rpc(request)).await
     }
 
     async fn watch_events(
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let (started, store) = (Instant::now(), String::new());
-        let answer = self.watch_events_rpc(request).await;
-        metered("WatchEvents", &store, "", &answer, started);
-        answer
+        metered("WatchEvents", String::new(), no_verdict, self.watch_events_rpc(request)).await
     }
 
     async fn list_stores(
         &self,
         request: Request<pb::ListStoresRequest>,
     ) -> Result<Response<pb::ListStoresResponse>, Status> {
-        let (started, store) = (Instant::now(), String::new());
-        let answer = self.list_stores_rpc(request).await;
-        metered("ListStores", &store, "", &answer, started);
-        answer
+        metered("ListStores", String::new(), no_verdict, self.list_stores_rpc(request)).await
     }
 }
 
 /// The stream WatchEvents answers with.
 type EventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
 
-/// Records an answered RPC in the metrics.
-fn metered<T>(
+/// Runs an RPC's body and records its answer in the metrics: the method, the
+/// store it named (empty for the ledger's RPCs), the verdict and the code.
+async fn metered<T>(
     method: &'static str,
-    store: &str,
-    verdict: &'static str,
-    answer: &Result<Response<T>, Status>,
-    started: Instant,
-) {
-    let code = answer.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
-    crate::telemetry::rpc_answered(method, store, verdict, code, started.elapsed());
+    store: String,
+    verdict: fn(&T) -> &'static str,
+    body: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let answer = body.await;
+    let (verdict, code) = match &answer {
+        Ok(answer) => (verdict(answer.get_ref()), tonic::Code::Ok),
+        Err(status) => ("", status.code()),
+    };
+    crate::telemetry::rpc_answered(method, &store, verdict, code, started.elapsed());
+    answer
+}
+
+/// The verdict label of an RPC that has none.
+fn no_verdict<T>(_: &T) -> &'static str {
+    ""
 }
 
 /// A purchase whose acknowledgement deadline is nearer than this is at risk.
@@ -781,8 +762,7 @@ pub(crate) async fn run(
 ) -> Result<(), ServeError> {
     let address = listener.local_addr()?;
     // What the configuration says of the listener is checked before anything starts.
-    let mode = config.auth.mode_for(address)?;
-    let tls = config.tls.as_ref().map(crate::tls::Tls::load).transpose()?;
+    let (mode, tls) = crate::listener_settings(&config, address)?;
     let ledger = match &config.ledger {
         Some(settings) => {
             let ledger = Ledger::open(settings, settings.migrate_on_start).await?;
@@ -870,7 +850,7 @@ pub(crate) async fn run(
         });
     };
     // Past the grace, the answers above need a moment to be written.
-    let tls_watch = tls.as_ref().zip(config.tls.clone()).and_then(|(tls, settings)| tls.watch(settings));
+    let tls_watch = tls.as_ref().and_then(crate::tls::Tls::watch);
     transport::serve(listener, service, &config.connections, shutdown, grace + Duration::from_secs(1), tls).await;
     if let Some(watch) = tls_watch {
         watch.abort();

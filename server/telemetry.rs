@@ -166,9 +166,8 @@ pub fn init(filter: tracing_subscriber::EnvFilter, config: &TelemetryConfig) -> 
     // to the log filter. Filters are global, not per layer: a per-layer
     // filter loses the event after a `tracing::enabled!` check (sqlx makes
     // one before each query), so log lines would go missing.
-    let exported = std::env::var("IAPD_LOG").unwrap_or_else(|_| "info".to_owned());
     let global = tracing_subscriber::EnvFilter::builder()
-        .parse(format!("{exported},iapd=debug"))
+        .parse(format!("{filter},iapd=debug"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,iapd=debug"));
     // Per span only what the span says: no source location, thread, target
     // or busy/idle times, and no OpenTelemetry context entered on every poll
@@ -360,5 +359,19 @@ fn code_name(code: tonic::Code) -> &'static str {
         Code::Unavailable => "Unavailable",
         Code::DataLoss => "DataLoss",
         Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_log_filter_reads_back_from_its_text() {
+        // The export's filter is built from the log filter's text.
+        let filter = tracing_subscriber::EnvFilter::new("warn,iapd::ledger=debug,h2=off");
+        let text = filter.to_string();
+        let again = tracing_subscriber::EnvFilter::builder().parse(format!("{text},iapd=debug")).expect("parses");
+        for directive in ["warn", "iapd::ledger=debug", "h2=off", "iapd=debug"] {
+            assert!(again.to_string().split(',').any(|found| found == directive), "{directive} in {again}");
+        }
     }
 }

@@ -18,12 +18,14 @@ use crate::config::{ClientCertificates, ConfigError, TlsConfig};
 #[derive(Debug, Clone)]
 pub(crate) struct Tls {
     current: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    /// The files, for [`Tls::watch`].
+    config: TlsConfig,
 }
 
 impl Tls {
     /// Reads the files; an error names the key of the file at fault.
     pub(crate) fn load(config: &TlsConfig) -> Result<Tls, ConfigError> {
-        Ok(Tls { current: Arc::new(RwLock::new(server_config(config)?)) })
+        Ok(Tls { current: Arc::new(RwLock::new(server_config(config)?)), config: config.clone() })
     }
 
     /// An acceptor with the settings in force now.
@@ -38,7 +40,8 @@ impl Tls {
     /// Checks the files every `reload_interval` and loads them again when
     /// one changed; settings that do not load are logged and the old ones
     /// kept. Runs until the returned task is aborted.
-    pub(crate) fn watch(&self, config: TlsConfig) -> Option<tokio::task::JoinHandle<()>> {
+    pub(crate) fn watch(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let config = self.config.clone();
         if config.reload_interval.is_zero() {
             return None;
         }

@@ -332,16 +332,17 @@ impl StorePlugin {
         if let Some(quota) = &self.quota {
             // Told before the deadline, with time to spare for the answer.
             let waited = quota.take(deadline.checked_sub(QUOTA_MARGIN).unwrap_or(deadline)).await;
-            let store = [opentelemetry::KeyValue::new("store", self.id.clone())];
+            // Labelled only when there is something to record.
+            let store = || [opentelemetry::KeyValue::new("store", self.id.clone())];
             let metrics = &crate::telemetry::METRICS;
             match waited {
                 Ok(waited) if waited.is_zero() => {}
                 Ok(waited) => {
                     span.record("rate_limit_wait_ms", waited.as_millis() as u64);
-                    metrics.rate_limit_wait.record(waited.as_secs_f64(), &store);
+                    metrics.rate_limit_wait.record(waited.as_secs_f64(), &store());
                 }
                 Err(retry_after) => {
-                    metrics.rate_limited.add(1, &store);
+                    metrics.rate_limited.add(1, &store());
                     return Err(CallError::RateLimited { retry_after, limit: quota.limit() });
                 }
             }
