@@ -9,8 +9,6 @@
 //! of keys are known; a key never reaches a log line or an error.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -268,8 +266,6 @@ pub(crate) struct AuthService<S> {
     authenticator: Arc<Authenticator>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S> Service<Request<Body>> for AuthService<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible>,
@@ -277,7 +273,8 @@ where
 {
     type Response = Response<Body>;
     type Error = std::convert::Infallible;
-    type Future = futures_either::Either<S::Future, BoxFuture<Result<Response<Body>, std::convert::Infallible>>>;
+    type Future =
+        futures_either::Either<S::Future, std::future::Ready<Result<Response<Body>, std::convert::Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -289,9 +286,7 @@ where
             return futures_either::Either::Left(self.inner.call(request));
         }
         let refuse = |error: ApiError| {
-            futures_either::Either::Right(
-                Box::pin(std::future::ready(Ok(tonic::Status::from(error).into_http()))) as BoxFuture<_>
-            )
+            futures_either::Either::Right(std::future::ready(Ok(tonic::Status::from(error).into_http())))
         };
         let caller = match self.authenticator.caller(request.headers(), request.extensions().get::<ClientNames>()) {
             Ok(caller) => caller,
@@ -315,7 +310,7 @@ where
     }
 }
 
-/// A future of one of two types, so the common path is not boxed.
+/// A future of one of two types, so that no path is boxed.
 mod futures_either {
     use std::future::Future;
     use std::pin::Pin;
